@@ -1,0 +1,26 @@
+# `make demo` and `make test` each create .venv when missing, install the package, then run.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench-deps clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m benchmarks.quickstart
+
+test: $(STAMP)
+	$(PY) -m pytest tests
+
+# Optional: PyTorch (CPU build on disk) for the baselines in benchmarks/.
+bench-deps: $(STAMP)
+	$(PY) -m pip install -q -e ".[bench]"
+
+clean:
+	rm -rf $(VENV) results

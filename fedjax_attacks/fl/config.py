@@ -1,0 +1,72 @@
+"""The FL configuration and its validation (all checks happen before anything is traced)."""
+
+import dataclasses
+from typing import Any, Mapping
+
+MODES = ("fedsgd", "fedavg")
+KNOWLEDGE = ("full", "partial")
+
+
+@dataclasses.dataclass(frozen=True)
+class FLConfig:
+    """One FL experiment (the seed paper's notation in brackets).
+
+    Attributes:
+      num_clients: K, clients in the federation.
+      num_malicious: M, malicious clients (ids 0..M-1; partitions spread them over non-iid groups).
+      clients_per_round: w, clients sampled per round without replacement.
+      batch_size: B, samples per local step.
+      local_steps: local SGD steps per round (FedAvg); FedSGD sends one gradient and needs 1.
+      lr: eta, the learning rate (the server's in FedSGD, the clients' in FedAvg).
+      server_lr: FedAvg's server step on the aggregated delta (theta <- theta + server_lr * aggregate).
+      rounds: T, communication rounds.
+      eval_every: rounds between test evaluations; must divide ``rounds``.
+      mode: "fedsgd" (clients send gradients g_i; theta <- theta - lr * agg) or "fedavg" (clients send deltas).
+      aggregator, aggregator_hparams: rule name and hyperparameters for ``aggregators.get``.
+      attack, attack_hparams: attack name and hyperparameters for ``attacks.get``.
+      knowledge: "full" (attackers see the benign updates) or "partial" (only their own).
+      partition: "iid", "q_noniid" (degree ``q``) or "dirichlet" (``alpha``); ``partition_seed`` fixes it.
+      root_size: samples of server root data (FLTrust's g0 is one update computed on them).
+    """
+
+    num_clients: int = 100
+    num_malicious: int = 20
+    clients_per_round: int = 10
+    batch_size: int = 8
+    local_steps: int = 1
+    lr: float = 0.1
+    server_lr: float = 1.0
+    rounds: int = 1000
+    eval_every: int = 50
+    mode: str = "fedsgd"
+    aggregator: str = "mean"
+    aggregator_hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    attack: str = "none"
+    attack_hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    knowledge: str = "full"
+    partition: str = "iid"
+    q: float = 0.5
+    alpha: float = 0.5
+    partition_seed: int = 0
+    root_size: int = 100
+
+    def validate(self) -> None:
+        """Raises ``ValueError`` naming the first inconsistent field."""
+        positive = ("num_clients", "clients_per_round", "batch_size", "local_steps", "rounds", "eval_every", "root_size")
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"FLConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.num_malicious <= self.num_clients:
+            raise ValueError(f"num_malicious M={self.num_malicious} must be in [0, num_clients K={self.num_clients}]")
+        if self.clients_per_round > self.num_clients:
+            raise ValueError(f"clients_per_round w={self.clients_per_round} exceeds num_clients K={self.num_clients}")
+        if self.rounds % self.eval_every:
+            raise ValueError(f"eval_every={self.eval_every} must divide rounds={self.rounds}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.mode == "fedsgd" and self.local_steps != 1:
+            raise ValueError("mode='fedsgd' sends one gradient: local_steps must be 1 (use mode='fedavg')")
+        if self.knowledge not in KNOWLEDGE:
+            raise ValueError(f"knowledge must be one of {KNOWLEDGE}, got {self.knowledge!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")

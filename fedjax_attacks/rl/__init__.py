@@ -1,0 +1,8 @@
+"""Functional RL: gymnax-shaped environments (gymnax, brax, own simulators), wrappers, PPO, TD3, DQN.
+
+Each algorithm is ``make_train(config, env, env_params) -> train(key)``: one jittable function, vmappable over
+seeds. See ``env`` for the environment interface and ``ppo`` for the poisoning hooks.
+"""
+
+from fedjax_attacks.rl import env, wrappers
+from fedjax_attacks.rl.env import make, spec

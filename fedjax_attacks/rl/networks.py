@@ -1,0 +1,170 @@
+"""Small flax networks and action distributions for PPO, TD3 and DQN.
+
+Continuous actions: every network works in the unit box ``[-1, 1]^d``; ``scale_action`` maps that box affinely
+onto the environment's ``Box(low, high)`` so arbitrary bounds work the same way.
+"""
+
+from typing import Callable, Sequence
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu}
+
+
+def activation(name: str) -> Callable:
+    """The activation function called ``name`` (``"tanh"`` or ``"relu"``)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}: choose from {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+def scale_action(unit_action: chex.Array, low: chex.Array, high: chex.Array) -> chex.Array:
+    """Maps ``unit_action`` from ``[-1, 1]`` (clipped first) onto ``[low, high]``."""
+    unit_action = jnp.clip(unit_action, -1.0, 1.0)
+    return low + 0.5 * (unit_action + 1.0) * (high - low)
+
+
+@struct.dataclass
+class Categorical:
+    """Categorical distribution over ``logits[..., num_actions]``."""
+
+    logits: chex.Array
+
+    def sample(self, key: chex.PRNGKey) -> chex.Array:
+        """Draws integer actions."""
+        return jax.random.categorical(key, self.logits)
+
+    def log_prob(self, action: chex.Array) -> chex.Array:
+        """Log-probability of integer ``action``."""
+        log_p = jax.nn.log_softmax(self.logits)
+        return jnp.take_along_axis(log_p, action[..., None].astype(jnp.int32), axis=-1)[..., 0]
+
+    def entropy(self) -> chex.Array:
+        """Entropy in nats."""
+        log_p = jax.nn.log_softmax(self.logits)
+        return -jnp.sum(jnp.exp(log_p) * log_p, axis=-1)
+
+    def mode(self) -> chex.Array:
+        """Most likely action."""
+        return jnp.argmax(self.logits, axis=-1)
+
+    def probs(self) -> chex.Array:
+        """Action probabilities."""
+        return jax.nn.softmax(self.logits)
+
+
+@struct.dataclass
+class DiagGaussian:
+    """Diagonal Gaussian with ``mean[..., d]`` and ``log_std[..., d]``."""
+
+    mean: chex.Array
+    log_std: chex.Array
+
+    def sample(self, key: chex.PRNGKey) -> chex.Array:
+        """Draws real-valued actions."""
+        return self.mean + jnp.exp(self.log_std) * jax.random.normal(key, self.mean.shape)
+
+    def log_prob(self, action: chex.Array) -> chex.Array:
+        """Log-density of ``action``, summed over the action dimensions."""
+        z = (action - self.mean) * jnp.exp(-self.log_std)
+        return jnp.sum(-0.5 * z**2 - self.log_std - 0.5 * np.log(2 * np.pi), axis=-1)
+
+    def entropy(self) -> chex.Array:
+        """Differential entropy, summed over the action dimensions."""
+        return jnp.sum(self.log_std + 0.5 * np.log(2 * np.pi * np.e), axis=-1) * jnp.ones(self.mean.shape[:-1])
+
+    def mode(self) -> chex.Array:
+        """The mean."""
+        return self.mean
+
+
+def _dense(features: int, scale: float) -> nn.Dense:
+    return nn.Dense(features, kernel_init=nn.initializers.orthogonal(scale), bias_init=nn.initializers.zeros)
+
+
+class MLP(nn.Module):
+    """Hidden layers with orthogonal initialization and the given activation."""
+
+    hidden: Sequence[int] = (64, 64)
+    activation: str = "tanh"
+
+    @nn.compact
+    def __call__(self, x):
+        act = activation(self.activation)
+        x = x.reshape(x.shape[: x.ndim - 1] + (-1,)) if x.ndim >= 1 else x
+        for width in self.hidden:
+            x = act(_dense(width, np.sqrt(2))(x))
+        return x
+
+
+class ActorCritic(nn.Module):
+    """Separate actor and critic MLPs (CleanRL / PureJaxRL PPO): ``obs -> (distribution, value)``.
+
+    Discrete: ``Categorical`` over ``num_actions``. Continuous: ``DiagGaussian`` in the unit box with a
+    state-independent learned ``log_std`` (initialised at 0).
+    """
+
+    num_actions: int
+    discrete: bool
+    hidden: Sequence[int] = (64, 64)
+    activation: str = "tanh"
+
+    @nn.compact
+    def __call__(self, obs):
+        h = MLP(self.hidden, self.activation)(obs)
+        out = _dense(self.num_actions, 0.01)(h)
+        if self.discrete:
+            dist = Categorical(out)
+        else:
+            log_std = self.param("log_std", nn.initializers.zeros, (self.num_actions,))
+            dist = DiagGaussian(out, jnp.broadcast_to(log_std, out.shape))
+        value = _dense(1, 1.0)(MLP(self.hidden, self.activation)(obs))[..., 0]
+        return dist, value
+
+
+class QNetwork(nn.Module):
+    """``obs -> Q[..., num_actions]`` for DQN."""
+
+    num_actions: int
+    hidden: Sequence[int] = (120, 84)
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, obs):
+        return nn.Dense(self.num_actions)(MLP(self.hidden, self.activation)(obs))
+
+
+class DeterministicActor(nn.Module):
+    """``obs -> tanh(...)`` in the unit box ``[-1, 1]^action_dim`` (TD3 actor)."""
+
+    action_dim: int
+    hidden: Sequence[int] = (256, 256)
+
+    @nn.compact
+    def __call__(self, obs):
+        h = obs.reshape(obs.shape[: obs.ndim - 1] + (-1,))
+        for width in self.hidden:
+            h = nn.relu(nn.Dense(width)(h))
+        return nn.tanh(nn.Dense(self.action_dim)(h))
+
+
+class TwinCritic(nn.Module):
+    """Two independent ``Q(obs, unit_action)`` heads (TD3): returns ``f32[2, ...]``."""
+
+    hidden: Sequence[int] = (256, 256)
+
+    @nn.compact
+    def __call__(self, obs, action):
+        x = jnp.concatenate([obs.reshape(obs.shape[: obs.ndim - 1] + (-1,)), action], axis=-1)
+        qs = []
+        for _ in range(2):
+            h = x
+            for width in self.hidden:
+                h = nn.relu(nn.Dense(width)(h))
+            qs.append(nn.Dense(1)(h)[..., 0])
+        return jnp.stack(qs)
