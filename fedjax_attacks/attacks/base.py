@@ -25,7 +25,9 @@ class AttackInput:
         simulation; only full-knowledge attacks may read them.
       malicious_mask: bool[w], which sampled clients are malicious.
       round: int32 scalar, the round index t.
-      aggregate: the server's aggregation rule (for aggregator-aware attacks such as LMP-Krum); static.
+      aggregate: the server's aggregation rule for this round, ``aggregate(updates f32[w, d]) -> f32[d]``, with
+        the round's context (``key``, ``server_update``, ``previous_aggregate``) already bound; for
+        aggregator-aware attacks such as LMP-Krum; static.
       full_knowledge: whether the benign rows of ``updates`` are real (static).
     """
 

@@ -6,6 +6,7 @@ theirs with what the attack crafts; the server aggregates with its rule and upda
 """
 
 import dataclasses
+import functools
 from typing import Callable, NamedTuple, Optional
 
 import jax
@@ -122,15 +123,16 @@ def make_simulation(config: FLConfig, dataset: Dataset, model: FlatModel) -> Sim
             y = jnp.where(_expand(malicious, y), py, y)
         client_keys = jax.random.split(k_client, config.clients_per_round)
         honest = jax.vmap(client_update, (None, 0, 0, 0))(state.params, x, y, client_keys)
+        server_update = client_update(state.params, data.x_root[None], data.y_root[None], k_client)
+        round_aggregate = functools.partial(aggregate, key=k_agg, server_update=server_update,
+                                            previous_aggregate=state.previous_aggregate)
         submitted = honest
         if attacked:
             visible = honest if config.knowledge == "full" else jnp.where(malicious[:, None], honest, 0.0)
-            inp = AttackInput(state.params, visible, malicious, state.round, aggregate=aggregate,
+            inp = AttackInput(state.params, visible, malicious, state.round, aggregate=round_aggregate,
                               full_knowledge=config.knowledge == "full")
             submitted = jnp.where(malicious[:, None], attack.craft(k_attack, inp), honest)
-        server_update = client_update(state.params, data.x_root[None], data.y_root[None], k_client)
-        agg = aggregate(submitted, key=k_agg, server_update=server_update,
-                        previous_aggregate=state.previous_aggregate)
+        agg = round_aggregate(submitted)
         if config.mode == "fedsgd":
             params = state.params - config.lr * agg
         else:

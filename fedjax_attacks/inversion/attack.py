@@ -1,6 +1,6 @@
 """Gradient inversion of image classifiers: DLG and inverting gradients, vmapped over restarts.
 
-``attack = inverting_gradients(model, input_shape, batch_size=B)`` returns a jitted
+``attack = inverting_gradients(model, batch_size=B)`` returns a jitted
 ``attack(key, params, g_bar) -> Reconstruction`` that reconstructs the ``B`` images (and labels) whose mean
 cross-entropy gradient at ``params`` is ``g_bar``. ``jax.vmap(attack)(keys, params, g_bars)`` attacks many
 targets at once; the restarts are vmapped inside.
@@ -36,7 +36,6 @@ class Reconstruction:
 
 def dlg(
     model,
-    input_shape: tuple[int, ...],
     *,
     batch_size: int,
     num_steps: int = 300,
@@ -52,7 +51,7 @@ def dlg(
     images start uniform in [0, 1] and are not boxed.
     """
     return _gradient_inversion(
-        model, input_shape, batch_size=batch_size, num_steps=num_steps, num_restarts=num_restarts,
+        model, batch_size=batch_size, num_steps=num_steps, num_restarts=num_restarts,
         labels=labels, distance=matching.l2_distance, tv_weight=0.0,
         optimizer=optax.adam(learning_rate), signed_gradients=False, box=None,
     )
@@ -60,7 +59,6 @@ def dlg(
 
 def inverting_gradients(
     model,
-    input_shape: tuple[int, ...],
     *,
     batch_size: int,
     num_steps: int = 1000,
@@ -80,7 +78,7 @@ def inverting_gradients(
     ``beta`` is ``tv_weight``. The best restart is chosen by the cosine term alone.
     """
     return _gradient_inversion(
-        model, input_shape, batch_size=batch_size, num_steps=num_steps, num_restarts=num_restarts,
+        model, batch_size=batch_size, num_steps=num_steps, num_restarts=num_restarts,
         labels=labels, distance=matching.cosine_distance, tv_weight=tv_weight,
         optimizer=optax.adam(step_decay_schedule(learning_rate, num_steps)), signed_gradients=True,
         box=data_range,
@@ -88,7 +86,7 @@ def inverting_gradients(
 
 
 def _gradient_inversion(
-    model, input_shape, *, batch_size, num_steps, num_restarts, labels, distance, tv_weight, optimizer,
+    model, *, batch_size, num_steps, num_restarts, labels, distance, tv_weight, optimizer,
     signed_gradients, box,
 ):
     if labels not in LABEL_MODES:
@@ -99,10 +97,8 @@ def _gradient_inversion(
         raise ValueError(f"tv_weight must be >= 0, got {tv_weight}")
     if box is not None and not box[0] < box[1]:
         raise ValueError(f"data_range must be (low, high) with low < high, got {box}")
-    input_shape = tuple(input_shape)
-    params0 = model.init(jax.random.PRNGKey(0))
-    num_classes = jax.eval_shape(model.apply, params0, jnp.zeros((1, *input_shape))).shape[-1]
-    bias_idx = matching.output_bias_indices(model, params0, input_shape) if labels == "infer" else None
+    input_shape, num_classes = tuple(model.input_shape), model.num_classes
+    bias_idx = matching.output_bias_indices(model) if labels == "infer" else None
     low, high = box if box is not None else (0.0, 1.0)
 
     def probs_of(z, fixed_probs):

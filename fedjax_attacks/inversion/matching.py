@@ -46,14 +46,15 @@ def soft_label_gradient(model, params: jax.Array, x: jax.Array, probs: jax.Array
     return jax.grad(loss)(params)
 
 
-def output_bias_indices(model, params: jax.Array, input_shape: tuple[int, ...]) -> np.ndarray:
+def output_bias_indices(model) -> np.ndarray:
     """Positions of the output layer's bias ``b_c`` in the flat parameter vector, int[K] (host, not jittable).
 
     Found by probing: d logit_k / d theta_j is ``[k == c]`` for the bias of class ``c`` at every input, so
     the columns of the logit Jacobian that are that unit vector at two random inputs are the bias entries.
     Raises ``ValueError`` if the model has no such bias (then optimize the labels jointly instead).
     """
-    xs = jax.random.uniform(jax.random.PRNGKey(0), (2, 1, *input_shape))
+    params = model.init(jax.random.PRNGKey(0))
+    xs = jax.random.uniform(jax.random.PRNGKey(1), (2, 1, *model.input_shape))
     jac = np.stack([np.asarray(jax.jacobian(lambda p, x=x: model.apply(p, x)[0])(params)) for x in xs])
     num_classes = jac.shape[1]
     unit = np.all((jac == 0.0) | (jac == 1.0), axis=(0, 1)) & (jac.sum(axis=(0, 1)) == 2.0)

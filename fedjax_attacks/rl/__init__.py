@@ -4,5 +4,6 @@ Each algorithm is ``make_train(config, env, env_params) -> train(key)``: one jit
 seeds. See ``env`` for the environment interface and ``ppo`` for the poisoning hooks.
 """
 
-from fedjax_attacks.rl import env, wrappers
+from fedjax_attacks.rl import dqn, env, evaluate, gae, networks, ppo, replay, td3, wrappers
 from fedjax_attacks.rl.env import make, spec
+from fedjax_attacks.rl.evaluate import evaluate as evaluate_policy, export_params, import_params

@@ -88,7 +88,7 @@ def _dense(features: int, scale: float) -> nn.Dense:
 
 
 class MLP(nn.Module):
-    """Hidden layers with orthogonal initialization and the given activation."""
+    """Hidden layers with orthogonal initialization and the given activation (vector observations)."""
 
     hidden: Sequence[int] = (64, 64)
     activation: str = "tanh"
@@ -96,7 +96,6 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         act = activation(self.activation)
-        x = x.reshape(x.shape[: x.ndim - 1] + (-1,)) if x.ndim >= 1 else x
         for width in self.hidden:
             x = act(_dense(width, np.sqrt(2))(x))
         return x
@@ -147,7 +146,7 @@ class DeterministicActor(nn.Module):
 
     @nn.compact
     def __call__(self, obs):
-        h = obs.reshape(obs.shape[: obs.ndim - 1] + (-1,))
+        h = obs
         for width in self.hidden:
             h = nn.relu(nn.Dense(width)(h))
         return nn.tanh(nn.Dense(self.action_dim)(h))
@@ -160,7 +159,7 @@ class TwinCritic(nn.Module):
 
     @nn.compact
     def __call__(self, obs, action):
-        x = jnp.concatenate([obs.reshape(obs.shape[: obs.ndim - 1] + (-1,)), action], axis=-1)
+        x = jnp.concatenate([obs, action], axis=-1)
         qs = []
         for _ in range(2):
             h = x

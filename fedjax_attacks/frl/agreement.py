@@ -1,0 +1,105 @@
+"""Averaging agreement (El-Mhamdi et al., 2021) as used by DecByzPG's Avg-Agree (Jordan et al., 2024, App. A.3).
+
+Each round, every agent ``i`` broadcasts its parameters, receives ``Theta_i = (theta_{j->i})_j`` (f32[n, d];
+Byzantine senders may send anything, differently to each recipient) and replaces its parameters by
+
+* MDA (minimum diameter averaging): the average of the subset ``S`` of ``n - f`` received vectors with the
+  smallest diameter ``max_{a, b in S} ||theta_a - theta_b||`` (exact search over the static array of all
+  ``C(n, n - f)`` subsets, fine for ``n <= 16``);
+* GDA (greedy diameter averaging): the average of the ``n - f`` received vectors closest to the agent's own
+  ``theta_i``.
+
+``average_agreement`` repeats this for a static number of rounds (``O(log n)`` in the paper).
+"""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedjax_attacks.frl import byzantine as byz
+
+RULES = ("mda", "gda", "none")
+MAX_MDA_SUBSETS = 100_000
+
+
+def subset_masks(num_agents: int, subset_size: int) -> np.ndarray:
+    """Static ``bool[C(n, k), n]`` array: row ``s`` marks the members of the ``s``-th ``k``-subset of ``[n]``."""
+    combos = np.array(list(itertools.combinations(range(num_agents), subset_size)), dtype=np.int64)
+    masks = np.zeros((len(combos), num_agents), bool)
+    np.put_along_axis(masks, combos, True, axis=1)
+    return masks
+
+
+def pairwise_distances(vectors) -> jax.Array:
+    """Euclidean distances ``||x_a - x_b||``, f32[n, n]; non-finite entries (NaN/Inf inputs) become ``+inf``."""
+    sq = jnp.sum((vectors[:, None, :] - vectors[None, :, :]) ** 2, axis=-1)
+    dist = jnp.sqrt(jnp.maximum(sq, 0.0))
+    return jnp.where(jnp.isfinite(dist), dist, jnp.inf)
+
+
+def diameter(vectors, mask=None) -> jax.Array:
+    """``max_{a, b} ||x_a - x_b||`` over the rows with ``mask`` (all rows by default)."""
+    dist = pairwise_distances(vectors)
+    if mask is not None:
+        dist = jnp.where(mask[:, None] & mask[None, :], dist, 0.0)
+    return jnp.max(dist)
+
+
+def _masked_mean(vectors, mask):
+    return jnp.sum(jnp.where(mask[:, None], vectors, 0.0), axis=0) / jnp.sum(mask)
+
+
+def mda(received, num_byzantine: int) -> jax.Array:
+    """Minimum diameter averaging of ``received: f32[n, d]``: mean of the ``n - f`` subset of least diameter."""
+    n = received.shape[0]
+    masks = jnp.asarray(subset_masks(n, n - num_byzantine))
+    dist = pairwise_distances(received)
+    diameters = jnp.max(jnp.where(masks[:, :, None] & masks[:, None, :], dist[None], 0.0), axis=(1, 2))
+    return _masked_mean(received, masks[jnp.argmin(diameters)])
+
+
+def gda(own, received, num_byzantine: int) -> jax.Array:
+    """Greedy diameter averaging: mean of the ``n - f`` rows of ``received`` closest to ``own`` (f32[d])."""
+    n = received.shape[0]
+    dist = jnp.sqrt(jnp.sum((received - own) ** 2, axis=-1))
+    dist = jnp.where(jnp.isfinite(dist), dist, jnp.inf)
+    _, nearest = jax.lax.top_k(-dist, n - num_byzantine)
+    return jnp.mean(received[nearest], axis=0)
+
+
+def check_rule(rule: str, num_agents: int, num_byzantine: int) -> None:
+    """``ValueError`` for an unknown rule, ``f`` out of range, or an MDA subset search that is too large."""
+    if rule not in RULES:
+        raise ValueError(f"unknown agreement rule {rule!r}; known: {', '.join(RULES)}")
+    if not 0 <= num_byzantine < num_agents:
+        raise ValueError(f"need 0 <= num_byzantine < num_agents, got f={num_byzantine}, n={num_agents}")
+    if rule == "mda":
+        count = len(list(itertools.islice(itertools.combinations(range(num_agents), num_byzantine),
+                                          MAX_MDA_SUBSETS + 1)))
+        if count > MAX_MDA_SUBSETS:
+            raise ValueError(f"MDA over C({num_agents}, {num_byzantine}) subsets is too large; use 'gda'")
+
+
+def agree_once(key, rule: str, params, byzantine, behaviour: str, num_byzantine: int,
+               noise_scale: float = 1000.0) -> jax.Array:
+    """One all-to-all round of ``rule`` on ``params: f32[n, d]`` with Byzantine senders; returns f32[n, d].
+
+    Byzantine agents still run the rule on their own state (they cannot alter local state, Sec. 3.1).
+    """
+    if rule == "none":
+        return params
+    messages = byz.broadcast(key, behaviour, params, byzantine, noise_scale)  # [recipient, sender, d]
+    if rule == "mda":
+        return jax.vmap(mda, in_axes=(0, None))(messages, num_byzantine)
+    return jax.vmap(gda, in_axes=(0, 0, None))(params, messages, num_byzantine)
+
+
+def average_agreement(key, rule: str, params, byzantine, behaviour: str, num_byzantine: int, num_rounds: int,
+                      noise_scale: float = 1000.0) -> jax.Array:
+    """Avg-Agree: ``num_rounds`` (static) rounds of ``agree_once``; returns the agents' parameters f32[n, d]."""
+    def round_(theta, k):
+        return agree_once(k, rule, theta, byzantine, behaviour, num_byzantine, noise_scale), None
+
+    return jax.lax.scan(round_, params, jax.random.split(key, num_rounds))[0]

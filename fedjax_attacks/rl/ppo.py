@@ -1,0 +1,317 @@
+"""Proximal policy optimization (Schulman et al. 2017) as one jitted function, with poisoning hooks.
+
+``make_train(config, env, env_params, poison=..., rollout_hook=...) -> train(key) -> TrainOutput`` follows
+PureJaxRL: ``num_envs`` vectorized environments, ``num_steps`` per rollout, GAE, ``update_epochs`` epochs of
+``num_minibatches`` clipped-objective minibatch updates, all inside one ``lax.scan``; ``jax.vmap(train)(keys)``
+trains many seeds at once. Discrete (``Categorical``) and continuous (``DiagGaussian`` in the unit box, scaled to
+the ``Box`` bounds) action spaces both work.
+
+Poisoning hooks (SleeperNets, TrojDRL-W, BadRL-M); the defaults are identities that trace to nothing:
+
+* outer loop: ``poison(batch, train_state, key) -> batch`` runs on every rollout ``Batch`` after collection and
+  before GAE and the update. It may rewrite any field; to recompute values and log-probs of changed observations
+  use ``evaluate_actions(train_state, obs, actions)``.
+* inner loop: ``RolloutHook(init, observe, reward)`` runs inside each rollout step:
+  ``observe(key, hook_state, obs, train_state) -> (obs, hook_state)`` changes the batched observation
+  ``[num_envs, ...]`` before the agent acts on it (and it is stored in the batch);
+  ``reward(hook_state, action, reward) -> (reward, hook_state)`` changes the reward the agent receives for the
+  action it took. ``init() -> hook_state`` gives the initial pytree state (a step counter, a mask, a running
+  threshold); it is carried across the whole run and returned in ``TrainOutput.hook_state``.
+"""
+
+import dataclasses
+from typing import Any, Callable, NamedTuple, Sequence
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+from flax.training.train_state import TrainState
+
+from fedjax_attacks.rl import env as env_lib
+from fedjax_attacks.rl import gae as gae_lib
+from fedjax_attacks.rl import networks, wrappers
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOConfig:
+    """PPO hyperparameters; defaults are PureJaxRL's CartPole / CleanRL's classic-control settings.
+
+    ``total_timesteps`` is rounded down to whole updates of ``num_envs * num_steps`` environment steps.
+    """
+
+    total_timesteps: int = 500_000
+    num_envs: int = 4
+    num_steps: int = 128
+    learning_rate: float = 2.5e-4
+    anneal_lr: bool = True
+    update_epochs: int = 4
+    num_minibatches: int = 4
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_eps: float = 0.2
+    clip_value_loss: bool = True
+    normalize_advantages: bool = True
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    hidden: Sequence[int] = (64, 64)
+    activation: str = "tanh"
+    normalize_observations: bool = False
+
+    @property
+    def batch_size(self) -> int:
+        """Environment steps per update."""
+        return self.num_envs * self.num_steps
+
+    @property
+    def num_updates(self) -> int:
+        """Number of rollout-and-update iterations."""
+        return self.total_timesteps // self.batch_size
+
+    def validate(self) -> None:
+        """Raises ``ValueError`` on inconsistent settings."""
+        for name in ("num_envs", "num_steps", "update_epochs", "num_minibatches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_updates < 1:
+            raise ValueError(f"total_timesteps={self.total_timesteps} is less than one batch ({self.batch_size})")
+        if self.batch_size % self.num_minibatches:
+            raise ValueError(f"num_envs * num_steps = {self.batch_size} is not divisible by "
+                             f"num_minibatches = {self.num_minibatches}")
+        if not 0.0 <= self.gamma <= 1.0 or not 0.0 <= self.gae_lambda <= 1.0:
+            raise ValueError("gamma and gae_lambda must lie in [0, 1]")
+        networks.activation(self.activation)
+
+
+class Batch(NamedTuple):
+    """One rollout, time-major ``[num_steps, num_envs, ...]``; what ``poison`` receives and returns.
+
+    Attributes:
+      obs: observation the agent acted on (after the inner-loop hook).
+      actions: sampled actions: int for discrete, unit-box (unclipped) Gaussian samples for continuous.
+      rewards: rewards the agent received (after the inner-loop hook).
+      terminated, truncated: bool flags of the step (``truncated``: time limit, bootstrapped).
+      values: critic value of ``obs`` at collection time.
+      log_probs: log-probability of ``actions`` under the collecting policy.
+      bootstrap_values: critic value of the true next observation (before auto-reset); GAE reads it only at
+        episode ends and at the last step, otherwise it uses ``values[t + 1]``.
+    """
+
+    obs: chex.Array
+    actions: chex.Array
+    rewards: chex.Array
+    terminated: chex.Array
+    truncated: chex.Array
+    values: chex.Array
+    log_probs: chex.Array
+    bootstrap_values: chex.Array
+
+
+class RolloutHook(NamedTuple):
+    """Inner-loop transform of (observation, reward) during the rollout; see the module docstring."""
+
+    init: Callable[[], Any]
+    observe: Callable[[chex.PRNGKey, Any, chex.Array, TrainState], tuple[chex.Array, Any]]
+    reward: Callable[[Any, chex.Array, chex.Array], tuple[chex.Array, Any]]
+
+
+def no_poison(batch: Batch, train_state: TrainState, key: chex.PRNGKey) -> Batch:
+    """The default outer-loop poison: returns ``batch`` unchanged."""
+    del train_state, key
+    return batch
+
+
+IDENTITY_HOOK = RolloutHook(
+    init=lambda: (),
+    observe=lambda key, hook_state, obs, train_state: (obs, hook_state),
+    reward=lambda hook_state, action, reward: (reward, hook_state),
+)
+
+
+@struct.dataclass
+class TrainOutput:
+    """What ``train`` returns.
+
+    Attributes:
+      train_state: final ``TrainState`` (``params`` are the policy parameters to export).
+      env_state: final vectorized environment state (holds the observation moments if normalizing).
+      hook_state: final state of the rollout hook.
+      metrics: per-update arrays ``[num_updates]``: ``episode_return`` (mean return of episodes finished in the
+        rollout, NaN if none), ``episodes`` (their count), ``loss``, ``policy_loss``, ``value_loss``,
+        ``entropy``, ``approx_kl``, ``clip_fraction``.
+    """
+
+    train_state: TrainState
+    env_state: Any
+    hook_state: Any
+    metrics: dict
+
+
+def make_network(config: PPOConfig, spec: env_lib.EnvSpec) -> networks.ActorCritic:
+    """The actor-critic network PPO trains for an environment with this spec."""
+    return networks.ActorCritic(num_actions=spec.num_actions, discrete=spec.discrete,
+                                hidden=tuple(config.hidden), activation=config.activation)
+
+
+def evaluate_actions(train_state: TrainState, obs: chex.Array, actions: chex.Array):
+    """``(log_probs, values, entropy)`` of ``actions`` at ``obs`` under ``train_state``'s current policy."""
+    dist, values = train_state.apply_fn(train_state.params, obs)
+    return dist.log_prob(actions), values, dist.entropy()
+
+
+def loss(params, apply_fn: Callable, batch: Batch, advantages: chex.Array, targets: chex.Array, *,
+         clip_eps: float, vf_coef: float, ent_coef: float, clip_value_loss: bool = True,
+         normalize_advantages: bool = True):
+    """PPO loss on a flat minibatch: ``policy_loss + vf_coef * value_loss - ent_coef * entropy``.
+
+    ``policy_loss = -mean(min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A))``; ``value_loss`` is
+    ``0.5 * mean(max((V - target)^2, (V_clipped - target)^2))`` with ``V_clipped`` within ``eps`` of the
+    collection-time value (or the plain squared error when ``clip_value_loss`` is False).
+    Returns ``(total, aux)`` with the components, ``approx_kl`` and ``clip_fraction`` in ``aux``.
+    """
+    dist, values = apply_fn(params, batch.obs)
+    log_probs = dist.log_prob(batch.actions)
+    if normalize_advantages:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    log_ratio = log_probs - batch.log_probs
+    ratio = jnp.exp(log_ratio)
+    policy_loss = -jnp.mean(jnp.minimum(ratio * advantages,
+                                        jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * advantages))
+    value_err = jnp.square(values - targets)
+    if clip_value_loss:
+        clipped = batch.values + jnp.clip(values - batch.values, -clip_eps, clip_eps)
+        value_err = jnp.maximum(value_err, jnp.square(clipped - targets))
+    value_loss = 0.5 * jnp.mean(value_err)
+    entropy = jnp.mean(dist.entropy())
+    total = policy_loss + vf_coef * value_loss - ent_coef * entropy
+    aux = {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy,
+           "approx_kl": jnp.mean((ratio - 1.0) - log_ratio),
+           "clip_fraction": jnp.mean((jnp.abs(ratio - 1.0) > clip_eps).astype(jnp.float32))}
+    return total, aux
+
+
+def make_env(config: PPOConfig, env):
+    """The vectorized, logged (and optionally observation-normalized) environment PPO trains on."""
+    venv = wrappers.VecEnv(wrappers.LogWrapper(env), config.num_envs)
+    return wrappers.NormalizeObservation(venv) if config.normalize_observations else venv
+
+
+def make_train(config: PPOConfig, env, env_params, poison: Callable = no_poison,
+               rollout_hook: RolloutHook = IDENTITY_HOOK) -> Callable[[chex.PRNGKey], TrainOutput]:
+    """Builds ``train(key) -> TrainOutput``: a whole PPO run as one jittable, vmappable function.
+
+    Args:
+      config: hyperparameters (static).
+      env, env_params: a gymnax-shaped environment (``rl.env.make``) and its parameters; the environment is
+        wrapped here with ``LogWrapper`` and ``VecEnv`` (and ``NormalizeObservation`` if configured).
+      poison: outer-loop ``poison(batch, train_state, key) -> batch`` (default: identity).
+      rollout_hook: inner-loop ``RolloutHook`` (default: identity).
+
+    Raises:
+      ValueError: on an invalid config or an unsupported action space.
+    """
+    config.validate()
+    spec = env_lib.spec(env, env_params)
+    network = make_network(config, spec)
+    venv = make_env(config, env)
+    to_env_action = _action_mapper(spec)
+    num_updates = config.num_updates
+    minibatch_size = config.batch_size // config.num_minibatches
+
+    def schedule(count):
+        frac = 1.0 - (count // (config.num_minibatches * config.update_epochs)) / num_updates
+        return config.learning_rate * frac
+
+    lr = schedule if config.anneal_lr else config.learning_rate
+    tx = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(lr, eps=1e-5))
+
+    def rollout_step(carry, _):
+        train_state, env_state, obs, hook_state, key = carry
+        key, k_hook, k_act, k_env = jax.random.split(key, 4)
+        obs, hook_state = rollout_hook.observe(k_hook, hook_state, obs, train_state)
+        dist, value = train_state.apply_fn(train_state.params, obs)
+        action = dist.sample(k_act)
+        log_prob = dist.log_prob(action)
+        next_obs, env_state, reward, terminated, truncated, info = venv.step(
+            k_env, env_state, to_env_action(action), env_params)
+        reward, hook_state = rollout_hook.reward(hook_state, action, reward.astype(jnp.float32))
+        _, bootstrap_value = train_state.apply_fn(train_state.params, info["final_observation"])
+        transition = Batch(obs, action, reward, terminated, truncated, value, log_prob, bootstrap_value)
+        return (train_state, env_state, next_obs, hook_state, key), (transition, info)
+
+    def update_minibatch(train_state, minibatch):
+        batch, advantages, targets = minibatch
+        grad_fn = jax.value_and_grad(loss, has_aux=True)
+        (total, aux), grads = grad_fn(
+            train_state.params, train_state.apply_fn, batch, advantages, targets, clip_eps=config.clip_eps,
+            vf_coef=config.vf_coef, ent_coef=config.ent_coef, clip_value_loss=config.clip_value_loss,
+            normalize_advantages=config.normalize_advantages)
+        return train_state.apply_gradients(grads=grads), {"loss": total, **aux}
+
+    def update_epoch(carry, _):
+        train_state, data, key = carry
+        key, k_perm = jax.random.split(key)
+        perm = jax.random.permutation(k_perm, config.batch_size)
+        shuffled = jax.tree.map(
+            lambda x: x.reshape((config.batch_size,) + x.shape[2:])[perm].reshape(
+                (config.num_minibatches, minibatch_size) + x.shape[2:]), data)
+        train_state, metrics = jax.lax.scan(update_minibatch, train_state, shuffled)
+        return (train_state, data, key), metrics
+
+    def update_step(carry, _):
+        train_state, env_state, obs, hook_state, key = carry
+        (train_state, env_state, obs, hook_state, key), (batch, info) = jax.lax.scan(
+            rollout_step, (train_state, env_state, obs, hook_state, key), None, config.num_steps)
+        key, k_poison, k_epochs = jax.random.split(key, 3)
+        batch = poison(batch, train_state, k_poison)
+        advantages, targets = gae_lib.gae(batch.rewards, batch.values, batch.bootstrap_values,
+                                          batch.terminated, batch.truncated, config.gamma, config.gae_lambda)
+        (train_state, _, _), losses = jax.lax.scan(
+            update_epoch, (train_state, (batch, advantages, targets), k_epochs), None, config.update_epochs)
+        finished = info["returned_episode"]
+        episodes = finished.sum()
+        episode_return = jnp.where(
+            episodes > 0, jnp.sum(info["returned_episode_returns"] * finished) / jnp.maximum(episodes, 1), jnp.nan)
+        metrics = {"episode_return": episode_return, "episodes": episodes,
+                   **jax.tree.map(jnp.mean, losses)}
+        return (train_state, env_state, obs, hook_state, key), metrics
+
+    def train(key: chex.PRNGKey) -> TrainOutput:
+        key, k_init, k_env = jax.random.split(key, 3)
+        obs, env_state = venv.reset(k_env, env_params)
+        params = network.init(k_init, obs)
+        train_state = TrainState.create(apply_fn=network.apply, params=params, tx=tx)
+        carry = (train_state, env_state, obs, rollout_hook.init(), key)
+        (train_state, env_state, _, hook_state, _), metrics = jax.lax.scan(update_step, carry, None, num_updates)
+        return TrainOutput(train_state=train_state, env_state=env_state, hook_state=hook_state, metrics=metrics)
+
+    return train
+
+
+def make_policy(config: PPOConfig, env, env_params, params, obs_moments: wrappers.RunningMoments | None = None,
+                deterministic: bool = True) -> Callable[[chex.PRNGKey, chex.Array], chex.Array]:
+    """Exported policy ``policy(key, obs) -> env_action`` from trained ``params`` (for ``evaluate``).
+
+    ``obs_moments``: the observation moments of a run with ``normalize_observations`` (from
+    ``TrainOutput.env_state.moments``); ``deterministic`` uses the distribution's mode instead of sampling.
+    """
+    spec = env_lib.spec(env, env_params)
+    network = make_network(config, spec)
+    to_env_action = _action_mapper(spec)
+
+    def policy(key, obs):
+        if obs_moments is not None:
+            obs = wrappers.normalize(obs_moments, obs)
+        dist, _ = network.apply(params, obs)
+        return to_env_action(dist.mode() if deterministic else dist.sample(key))
+
+    return policy
+
+
+def _action_mapper(spec: env_lib.EnvSpec) -> Callable[[chex.Array], chex.Array]:
+    """Identity for discrete actions; unit box -> ``Box`` bounds for continuous ones."""
+    if spec.discrete:
+        return lambda action: action
+    return lambda action: networks.scale_action(action, spec.action_low, spec.action_high)

@@ -1,0 +1,216 @@
+"""Twin delayed DDPG (TD3, Fujimoto et al. 2018) as one jitted function.
+
+``make_train(config, env, env_params) -> train(key) -> TrainOutput``: ``num_envs`` vectorized environments step
+together; transitions go to a pytree ring buffer inside the ``lax.scan``; after ``learning_starts`` steps each
+iteration takes ``gradient_steps`` critic updates with target policy smoothing and clipped double-Q targets, and
+updates the actor and the (Polyak) target networks every ``policy_frequency`` critic updates. Actions live in
+the unit box and are scaled to the environment's ``Box`` bounds, so arbitrary bounds work.
+``critic_loss`` and ``actor_loss`` are public: RGIA differentiates the critic's TD loss.
+"""
+
+import dataclasses
+from typing import Any, Callable, NamedTuple, Sequence
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+from flax.training.train_state import TrainState
+
+from fedjax_attacks.rl import env as env_lib
+from fedjax_attacks.rl import networks, replay, wrappers
+
+
+@dataclasses.dataclass(frozen=True)
+class TD3Config:
+    """TD3 hyperparameters; defaults are CleanRL's ``td3_continuous_action``.
+
+    Noise scales are in the unit action box (CleanRL's are multiplied by the action scale, the same thing).
+    """
+
+    total_timesteps: int = 1_000_000
+    num_envs: int = 1
+    learning_rate: float = 3e-4
+    buffer_size: int = 1_000_000
+    gamma: float = 0.99
+    tau: float = 0.005
+    batch_size: int = 256
+    policy_noise: float = 0.2
+    exploration_noise: float = 0.1
+    noise_clip: float = 0.5
+    learning_starts: int = 25_000
+    policy_frequency: int = 2
+    gradient_steps: int = 1
+    hidden: Sequence[int] = (256, 256)
+
+    @property
+    def num_iterations(self) -> int:
+        """Vectorized environment steps in the run."""
+        return self.total_timesteps // self.num_envs
+
+    def validate(self) -> None:
+        """Raises ``ValueError`` on inconsistent settings."""
+        for name in ("num_envs", "batch_size", "policy_frequency", "gradient_steps", "buffer_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_iterations < 1:
+            raise ValueError(f"total_timesteps={self.total_timesteps} < num_envs={self.num_envs}")
+        if self.buffer_size < self.num_envs:
+            raise ValueError("buffer_size must be >= num_envs")
+        if not 0.0 < self.tau <= 1.0:
+            raise ValueError(f"tau must lie in (0, 1], got {self.tau}")
+
+
+class Transition(NamedTuple):
+    """One stored transition: ``obs``, unit-box ``action``, ``reward``, true ``next_obs``, ``terminated``."""
+
+    obs: chex.Array
+    action: chex.Array
+    reward: chex.Array
+    next_obs: chex.Array
+    terminated: chex.Array
+
+
+@struct.dataclass
+class TD3State:
+    """Learner state: actor and critic ``TrainState``s and their target parameters."""
+
+    actor: TrainState
+    critic: TrainState
+    actor_target: Any
+    critic_target: Any
+    num_updates: chex.Array
+
+
+@struct.dataclass
+class TrainOutput:
+    """What ``train`` returns: final learner state, replay buffer and per-iteration ``metrics``.
+
+    ``metrics["episode_return"]``: mean return of episodes finished in that iteration (NaN if none);
+    ``metrics["critic_loss"]``: mean critic loss of the iteration's updates (0 before ``learning_starts``).
+    """
+
+    learner: TD3State
+    buffer: replay.ReplayBuffer
+    metrics: dict
+
+
+def td_targets(key: chex.PRNGKey, actor_fn: Callable, critic_fn: Callable, actor_target, critic_target,
+               batch: Transition, *, gamma: float, policy_noise: float, noise_clip: float) -> chex.Array:
+    """Clipped double-Q targets with target policy smoothing.
+
+    ``a' = clip(pi_targ(s') + clip(N(0, policy_noise), -noise_clip, noise_clip), -1, 1)``,
+    ``y = r + gamma (1 - terminated) min_i Q_targ_i(s', a')``.
+    """
+    next_action = actor_fn(actor_target, batch.next_obs)
+    noise = jnp.clip(policy_noise * jax.random.normal(key, next_action.shape), -noise_clip, noise_clip)
+    next_action = jnp.clip(next_action + noise, -1.0, 1.0)
+    next_q = jnp.min(critic_fn(critic_target, batch.next_obs, next_action), axis=0)
+    return batch.reward + gamma * (1.0 - batch.terminated.astype(jnp.float32)) * next_q
+
+
+def critic_loss(critic_params, critic_fn: Callable, batch: Transition, targets: chex.Array) -> chex.Array:
+    """Sum over the twin critics of the mean squared TD error ``(Q_i(s, a) - y)^2`` (targets held fixed)."""
+    q = critic_fn(critic_params, batch.obs, batch.action)
+    return jnp.sum(jnp.mean(jnp.square(q - jax.lax.stop_gradient(targets)[None]), axis=-1))
+
+
+def actor_loss(actor_params, actor_fn: Callable, critic_fn: Callable, critic_params, obs: chex.Array) -> chex.Array:
+    """Deterministic policy gradient objective ``-mean Q_1(s, pi(s))``."""
+    return -jnp.mean(critic_fn(critic_params, obs, actor_fn(actor_params, obs))[0])
+
+
+def make_train(config: TD3Config, env, env_params) -> Callable[[chex.PRNGKey], TrainOutput]:
+    """Builds ``train(key) -> TrainOutput``: a whole TD3 run as one jittable, vmappable function.
+
+    Raises:
+      ValueError: on an invalid config or a discrete action space.
+    """
+    config.validate()
+    spec = env_lib.spec(env, env_params)
+    if spec.discrete:
+        raise ValueError("TD3 needs a continuous (Box) action space")
+    actor_net = networks.DeterministicActor(spec.num_actions, tuple(config.hidden))
+    critic_net = networks.TwinCritic(tuple(config.hidden))
+    venv = wrappers.VecEnv(wrappers.LogWrapper(env), config.num_envs)
+    capacity = min(config.buffer_size, config.total_timesteps)
+    tx = optax.adam(config.learning_rate)
+
+    def update(learner: TD3State, buffer, key):
+        k_sample, k_noise = jax.random.split(key)
+        batch = replay.sample(k_sample, buffer, config.batch_size)
+        targets = td_targets(k_noise, actor_net.apply, critic_net.apply, learner.actor_target,
+                             learner.critic_target, batch, gamma=config.gamma,
+                             policy_noise=config.policy_noise, noise_clip=config.noise_clip)
+        c_loss, c_grads = jax.value_and_grad(critic_loss)(learner.critic.params, critic_net.apply, batch, targets)
+        critic = learner.critic.apply_gradients(grads=c_grads)
+        learner = learner.replace(critic=critic, num_updates=learner.num_updates + 1)
+
+        def policy_update(learner):
+            a_grads = jax.grad(actor_loss)(learner.actor.params, actor_net.apply, critic_net.apply,
+                                           learner.critic.params, batch.obs)
+            actor = learner.actor.apply_gradients(grads=a_grads)
+            polyak = lambda t, o: optax.incremental_update(o, t, config.tau)
+            return learner.replace(actor=actor, actor_target=polyak(learner.actor_target, actor.params),
+                                   critic_target=polyak(learner.critic_target, learner.critic.params))
+
+        learner = jax.lax.cond(learner.num_updates % config.policy_frequency == 0, policy_update,
+                               lambda l: l, learner)
+        return learner, c_loss
+
+    def iteration(carry, step):
+        learner, buffer, env_state, obs, key = carry
+        key, k_rand, k_noise, k_env, k_upd = jax.random.split(key, 5)
+        explore = actor_net.apply(learner.actor.params, obs)
+        explore = jnp.clip(explore + config.exploration_noise * jax.random.normal(k_noise, explore.shape), -1, 1)
+        random = jax.random.uniform(k_rand, explore.shape, minval=-1.0, maxval=1.0)
+        action = jnp.where(step * config.num_envs < config.learning_starts, random, explore)
+        env_action = networks.scale_action(action, spec.action_low, spec.action_high)
+        next_obs, env_state, reward, terminated, truncated, info = venv.step(k_env, env_state, env_action, env_params)
+        buffer = replay.add(buffer, Transition(obs, action, reward.astype(jnp.float32),
+                                               info["final_observation"], terminated))
+
+        def learn(learner):
+            keys = jax.random.split(k_upd, config.gradient_steps)
+            learner, losses = jax.lax.scan(lambda l, k: update(l, buffer, k), learner, keys)
+            return learner, jnp.mean(losses)
+
+        learner, c_loss = jax.lax.cond((step + 1) * config.num_envs >= config.learning_starts, learn,
+                                       lambda l: (l, jnp.zeros(())), learner)
+        finished = info["returned_episode"]
+        n = finished.sum()
+        ep_return = jnp.where(n > 0, jnp.sum(info["returned_episode_returns"] * finished) / jnp.maximum(n, 1),
+                              jnp.nan)
+        return (learner, buffer, env_state, next_obs, key), {"episode_return": ep_return, "critic_loss": c_loss}
+
+    def train(key: chex.PRNGKey) -> TrainOutput:
+        key, k_actor, k_critic, k_env = jax.random.split(key, 4)
+        obs, env_state = venv.reset(k_env, env_params)
+        dummy_action = jnp.zeros((config.num_envs, spec.num_actions))
+        actor_params = actor_net.init(k_actor, obs)
+        critic_params = critic_net.init(k_critic, obs, dummy_action)
+        learner = TD3State(
+            actor=TrainState.create(apply_fn=actor_net.apply, params=actor_params, tx=tx),
+            critic=TrainState.create(apply_fn=critic_net.apply, params=critic_params, tx=tx),
+            actor_target=actor_params, critic_target=critic_params, num_updates=jnp.zeros((), jnp.int32))
+        example = Transition(obs[0], dummy_action[0], jnp.zeros(()), obs[0], jnp.zeros((), bool))
+        buffer = replay.init(capacity, example)
+        carry = (learner, buffer, env_state, obs, key)
+        (learner, buffer, _, _, _), metrics = jax.lax.scan(
+            iteration, carry, jnp.arange(config.num_iterations))
+        return TrainOutput(learner=learner, buffer=buffer, metrics=metrics)
+
+    return train
+
+
+def make_policy(config: TD3Config, env, env_params, actor_params) -> Callable[[chex.PRNGKey, chex.Array], chex.Array]:
+    """Exported deterministic policy ``policy(key, obs) -> env_action`` from trained actor parameters."""
+    spec = env_lib.spec(env, env_params)
+    actor_net = networks.DeterministicActor(spec.num_actions, tuple(config.hidden))
+
+    def policy(key, obs):
+        del key
+        return networks.scale_action(actor_net.apply(actor_params, obs), spec.action_low, spec.action_high)
+
+    return policy
