@@ -48,9 +48,8 @@ DEFENSES = {
     "geometric_median": ("geometric_median", {}),
     "clipped_median": ("clipped_median", {"max_norm": 2.0}),
     "fltrust": ("fltrust", {}),
-    "centered_clipping": ("centered_clipping", {}),
-    "bucketing_krum": ("bucketing", {"aggregator": "krum", "aggregator_hparams": {"num_byzantine": 1},
-                                     "bucket_size": 2}),
+    "centered_clipping": ("centered_clipping", {"tau": 1.0}),  # ~ the honest updates' spread (norms ~1-2)
+    "bucketing_krum": ("bucketing", {"aggregator": "krum", "num_byzantine": 1, "bucket_size": 2}),
 }
 QUICK_ATTACKS = ("none", "ipm", "lmp_krum", "label_flip")
 QUICK_DEFENSES = ("mean", "krum")
@@ -178,8 +177,9 @@ def _plot(out_dir, attack_names, defense_names, mean, std, args):
             ax.text(j, i, f"{mean[i, j]:.2f}\n±{std[i, j]:.2f}", ha="center", va="center", fontsize=7)
     ax.set_xticks(range(len(defense_names)), defense_names, rotation=35, ha="right")
     ax.set_yticks(range(len(attack_names)), attack_names)
-    ax.set_title(f"Final test accuracy, {args.dataset}/{args.model}, K={args.num_clients}, M={args.num_malicious}, "
-                 f"w={args.clients_per_round}, {args.rounds} rounds, {args.seeds} seeds", fontsize=9)
+    ax.set_title(f"Final test accuracy (mean ± std over {args.seeds} seeds)\n{args.dataset}/{args.model}, "
+                 f"K={args.num_clients}, M={args.num_malicious}, w={args.clients_per_round}, {args.rounds} rounds",
+                 fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.03)
     fig.tight_layout()
     fig.savefig(f"{out_dir}/attack_matrix.png", dpi=130)

@@ -51,9 +51,8 @@ def parse_args(argv=None):
     p.add_argument("--labels", default="joint", choices=inv.LABEL_MODES, help="label handling (default joint)")
     p.add_argument("--noise-variances", type=_floats, default=[0.0, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1])
     p.add_argument("--speed-restarts", type=int, default=None, help="restarts in the speed test (default 64; quick 8)")
-    p.add_argument("--speed-model", default="cnn", help="model of the speed test (default: %(default)s)")
     p.add_argument("--speed-steps", type=int, default=None, help="steps in the speed test (default 200; quick 50)")
-    p.add_argument("--denoiser-steps", type=int, default=None, help="denoiser training steps (default 3000; quick 300)")
+    p.add_argument("--denoiser-steps", type=int, default=None, help="denoiser training steps (default 1000; quick 200)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     quick = args.quick
@@ -62,7 +61,7 @@ def parse_args(argv=None):
     args.targets = args.targets or (2 if quick else 4)
     args.speed_restarts = args.speed_restarts or (8 if quick else 64)
     args.speed_steps = args.speed_steps or (50 if quick else 200)
-    args.denoiser_steps = args.denoiser_steps or (300 if quick else 3000)
+    args.denoiser_steps = args.denoiser_steps or (200 if quick else 1000)
     args.models = args.models.split(",")
     args.methods = args.methods.split(",")
     for m in args.methods:
@@ -82,14 +81,22 @@ def _targets(model, params, ds, num_targets, batch_size):
     return x, y, grads
 
 
+@jax.jit
 def _score(rec_x, rec_y, x, y, denoiser):
-    """Mean scores over targets, raw and denoised; also returns the denoised images."""
+    """Mean scores over targets, raw and denoised (``denoised_*``); also returns the denoised images.
+
+    Reconstructions are clipped to the data range [0, 1] first (DLG does not box its pixels)."""
+    rec_x = jnp.clip(rec_x, 0.0, 1.0)
     den_x = denoiser(rec_x.reshape(-1, *rec_x.shape[2:])).reshape(rec_x.shape)
     raw = jax.vmap(inv.batch_scores)(rec_x, rec_y, x, y)
     den = jax.vmap(inv.batch_scores)(den_x, rec_y, x, y)
-    out = {k: float(jnp.mean(v)) for k, v in raw.items()}
-    out.update({f"denoised_{k}": float(jnp.mean(v)) for k, v in den.items() if k != "label_accuracy"})
+    out = {k: jnp.mean(v) for k, v in raw.items()}
+    out.update({f"denoised_{k}": jnp.mean(v) for k, v in den.items() if k != "label_accuracy"})
     return out, den_x
+
+
+def _scores_to_floats(scores):
+    return {k: float(v) for k, v in scores.items()}
 
 
 def run_sweeps(args, ds, denoiser):
@@ -107,6 +114,7 @@ def run_sweeps(args, ds, denoiser):
         rec = jax.block_until_ready(attack_many(jax.random.split(k_att, args.targets), params, g_bar))
         wall = time.perf_counter() - start
         scores, den_x = _score(rec.x, rec.labels, x, y, denoiser)
+        scores = _scores_to_floats(scores)
         rows.append({"model": model_name, "method": method, "batch_size": b, "wall_s": wall, **scores})
         tqdm.write(f"{model_name:4s} {method:3s} B={b:2d}: PSNR {scores['psnr']:5.2f} dB "
                    f"(denoised {scores['denoised_psnr']:5.2f}), label acc {scores['label_accuracy']:.2f}, {wall:.1f}s")
@@ -117,28 +125,28 @@ def run_sweeps(args, ds, denoiser):
 
 
 def _noise_sweep(args, model_name, method, attack_many, params, x, y, g_bar, key, denoiser):
-    """DP defense at batch 1: g_bar + N(0, sigma^2 I) for each variance, all variances in one call."""
+    """DP defense at batch 1: attack ``g_bar + N(0, sigma^2 I)`` for each variance sigma^2.
+
+    The noisy gradients of all variances come from one vmapped ``inv.sweep``; the attack is then called once
+    per variance with the T targets, reusing the compiled ``attack_many`` (a new batch shape would recompile).
+    """
     v = jnp.asarray(args.noise_variances)
     k_noise, k_att = jax.random.split(key)
     noisy = jax.vmap(lambda k, g: inv.sweep(k, g, v, jnp.array([jnp.inf]))[:, 0])(
         jax.random.split(k_noise, g_bar.shape[0]), g_bar)  # [T, V, d]
-    flat = jnp.swapaxes(noisy, 0, 1).reshape(-1, g_bar.shape[-1])  # [V*T, d]
-    rec = attack_many(jax.random.split(k_att, flat.shape[0]), params, flat)
-    nv, t = v.shape[0], g_bar.shape[0]
-    rec_x = rec.x.reshape(nv, t, *rec.x.shape[1:])
-    rec_y = rec.labels.reshape(nv, t, -1)
     grad_rms = float(jnp.sqrt(jnp.mean(jnp.square(g_bar))))
     out = []
-    for i, var in enumerate(args.noise_variances):
-        scores, _ = _score(rec_x[i], rec_y[i], x, y, denoiser)
-        out.append({"model": model_name, "method": method, "variance": var, "noise_to_grad_rms": float(np.sqrt(var)) / grad_rms,
-                    **scores})
+    for i, (var, k) in enumerate(zip(args.noise_variances, jax.random.split(k_att, v.shape[0]))):
+        rec = attack_many(jax.random.split(k, g_bar.shape[0]), params, noisy[:, i])
+        scores, _ = _score(rec.x, rec.labels, x, y, denoiser)
+        out.append({"model": model_name, "method": method, "variance": var,
+                    "noise_to_grad_rms": float(np.sqrt(var)) / grad_rms, **_scores_to_floats(scores)})
     return out
 
 
-def speed_test(args, ds):
+def speed_test(args, ds, model_name):
     """``speed_restarts`` restarts vmapped in one call against the same number of sequential calls (IG, B=1)."""
-    model = models.get(args.speed_model, ds.num_classes, ds.x_train.shape[1:])
+    model = models.get(model_name, ds.num_classes, ds.x_train.shape[1:])
     params = model.init(jax.random.PRNGKey(args.seed + 1))
     _, _, g_bar = _targets(model, params, ds, 1, 1)
     r, s = args.speed_restarts, args.speed_steps
@@ -153,7 +161,7 @@ def speed_test(args, ds):
             jax.block_until_ready(single(k, params, g_bar[0]))
 
     t_seq = common.median_time(sequential, repeats=repeats)
-    return {"model": args.speed_model, "method": "ig", "restarts": r, "steps": s, "vmapped_s": t_vmap, "sequential_s": t_seq,
+    return {"model": model_name, "method": "ig", "restarts": r, "steps": s, "vmapped_s": t_vmap, "sequential_s": t_seq,
             "speedup": t_seq / t_vmap}
 
 
@@ -207,10 +215,12 @@ def main(argv=None):
     attackers_x = ds.x_train[-NUM_ATTACKER_IMAGES:]
     denoiser = inv.train_denoiser(jax.random.PRNGKey(args.seed + 3), attackers_x, num_steps=args.denoiser_steps)
     den_wall = time.perf_counter() - t0
+    print(f"denoiser trained in {den_wall:.1f}s")
     rows, grids, noise_rows = run_sweeps(args, ds, denoiser)
-    speed = speed_test(args, ds)
-    print(f"speed ({speed['model']}, IG, {speed['steps']} steps): {speed['restarts']} restarts vmapped {speed['vmapped_s']:.2f}s, "
-          f"sequential {speed['sequential_s']:.2f}s, speedup x{speed['speedup']:.1f}")
+    speed = [speed_test(args, ds, m) for m in args.models]
+    for sp in speed:
+        print(f"speed ({sp['model']}, IG, {sp['steps']} steps): {sp['restarts']} restarts vmapped {sp['vmapped_s']:.2f}s, "
+              f"sequential {sp['sequential_s']:.2f}s, speedup x{sp['speedup']:.1f}")
     for r in noise_rows:
         print(f"noise {r['model']:4s} {r['method']:3s} var={r['variance']:.0e} (std/grad rms {r['noise_to_grad_rms']:.2g}): "
               f"PSNR {r['psnr']:5.2f} dB, denoised {r['denoised_psnr']:5.2f} dB, label acc {r['label_accuracy']:.2f}")

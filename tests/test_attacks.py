@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedjax_attacks import attacks
-from fedjax_attacks.aggregators import mean
+from fedjax_attacks.aggregators import krum, mean
 from fedjax_attacks.attacks import AttackInput
 from fedjax_attacks.attacks.baselines import alie_z
 from fedjax_attacks.attacks.lmp import krum_lambda_bound
@@ -48,16 +48,6 @@ def np_krum_index(x, f):
         d = sorted(float(np.sum((x[i] - x[j]) ** 2)) for j in range(n) if j != i)
         scores.append(sum(d[: n - f - 2]))
     return int(np.argmin(scores))
-
-
-def jax_krum(f):
-    def aggregate(updates, **context):
-        sq = jnp.sum((updates[:, None] - updates[None]) ** 2, -1)
-        sq = jnp.where(jnp.eye(updates.shape[0], dtype=bool), jnp.inf, sq)
-        scores = jnp.sum(jnp.sort(sq, axis=1)[:, : updates.shape[0] - f - 2], axis=1)
-        return updates[jnp.argmin(scores)]
-
-    return aggregate
 
 
 # ---------------------------------------------------------------- defining properties
@@ -211,7 +201,7 @@ def test_lmp_median_partial_knowledge_uses_own_updates():
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_lmp_krum_update_is_the_one_krum_selects(seed):
     f = 2
-    inp = make_input(seed=seed, aggregate=jax_krum(f))
+    inp = make_input(seed=seed, aggregate=krum(num_byzantine=f))
     out = submitted(attacks.get("lmp", variant="krum"), inp)
     assert np.all(out[MASK] == out[MASK][0])
     assert MASK[np_krum_index(out, f)]
@@ -309,7 +299,7 @@ def test_jit_vmap_match_single_calls_and_stay_finite():
     keys = jax.random.split(jax.random.PRNGKey(1), 5)
 
     def craft_all(key, u, m):
-        inp = AttackInput(jnp.zeros(3), u, m, jnp.int32(0), aggregate=jax_krum(2), full_knowledge=True)
+        inp = AttackInput(jnp.zeros(3), u, m, jnp.int32(0), aggregate=krum(num_byzantine=2), full_knowledge=True)
         return [attack.craft(key, inp) for attack in built]
 
     batched = jax.jit(jax.vmap(craft_all))(keys, updates, jnp.asarray(masks))

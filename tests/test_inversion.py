@@ -164,6 +164,9 @@ def test_attack_validates_config(mlp):
         inv.inverting_gradients(mlp, batch_size=1, data_range=(1.0, 0.0))
     with pytest.raises(ValueError, match="num_steps"):
         inv.inverting_gradients(mlp, batch_size=1, num_steps=0)
+    attack = inv.dlg(mlp, batch_size=1, num_steps=2)
+    with pytest.raises(ValueError, match="g_bar"):
+        attack(jax.random.PRNGKey(0), jnp.zeros(mlp.num_params), jnp.zeros(3))
 
 
 # ---------------------------------------------------------------- attacker's view in FL
@@ -173,7 +176,7 @@ def test_gradient_estimate_equals_fedsgd_mean_gradient(mlp, digits):
     lr, n_clients, b = 0.05, 4, 3
     xs = digits.x_train[: 3 * n_clients * b].reshape(3, n_clients, b, 8, 8, 1)
     ys = digits.y_train[: 3 * n_clients * b].reshape(3, n_clients, b)
-    client_grads = jax.vmap(jax.grad(mlp.loss), in_axes=(None, 0, 0))
+    client_grads = jax.jit(jax.vmap(jax.grad(mlp.loss), in_axes=(None, 0, 0)))
 
     thetas, means = [mlp.init(jax.random.PRNGKey(2))], []
     for t in range(3):  # FedSGD with mean aggregation, by hand

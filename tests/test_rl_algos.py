@@ -1,5 +1,7 @@
 """Toy-size end-to-end runs of PPO, TD3 and DQN: they learn, vmap over seeds, and PPO's hooks apply."""
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -20,7 +22,9 @@ def test_ppo_cartpole_learns_vmapped_equals_single_and_no_retrace():
     cfg = ppo.PPOConfig(total_timesteps=24_576, num_envs=8, num_steps=64, learning_rate=1e-3, hidden=(32, 32))
     train = ppo.make_train(cfg, env, params)
     keys = jax.random.split(jax.random.key(0), 2)
-    out = jax.jit(jax.vmap(train))(keys)
+    # Seeds and a traced hyperparameter vmapped together (both learning rates equal the config's).
+    sweep = lambda lr, key: ppo.make_train(dataclasses.replace(cfg, learning_rate=lr), env, params)(key)
+    out = jax.jit(jax.vmap(sweep))(jnp.full(2, cfg.learning_rate), keys)
     for seed in range(2):
         first, last = _first_last(out.metrics["episode_return"][seed], 5)
         assert last > 2 * first, (first, last)
@@ -84,3 +88,15 @@ def test_dqn_cartpole_improves():
     out = jax.jit(dqn.make_train(cfg, env, params))(jax.random.key(0))
     first, last = _first_last(out.metrics["episode_return"], 10)
     assert last > 3 * first, (first, last)
+
+
+def test_rl_speed_benchmark_quick(tmp_path):
+    """The benchmark's --quick mode (DQN section only, to keep the suite fast) writes its JSON and PNG."""
+    import json
+
+    from benchmarks import rl_speed
+
+    rl_speed.main(["--quick", "--sections", "dqn", "--out", str(tmp_path)])
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["dqn"]["steps_per_s"] > 0 and np.isfinite(results["dqn"]["eval_return"])
+    assert results["environment"]["devices"] and (tmp_path / "rl_speed.png").exists()

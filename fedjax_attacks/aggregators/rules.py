@@ -1,18 +1,16 @@
-"""Aggregation rules (placeholder module: only ``mean`` so far; the robust suite lands here)."""
+"""The plain average (FedAvg / FedSGD), the non-robust baseline."""
 
-import jax.numpy as jnp
-
+from fedjax_attacks.aggregators._common import check_updates, sum_rows, weighted_row_sum
 from fedjax_attacks.aggregators.registry import register
 
 
-def _mean_factory():
-    def aggregate(updates, **context):
-        """Plain average (FedAvg/FedSGD). Not robust: one non-finite row makes the result non-finite."""
-        del context
-        return jnp.mean(updates, axis=0)
+def mean(updates, **context):
+    """Plain average ``(1/n) sum_i x_i`` (FedAvg/FedSGD). Not robust: one non-finite row makes it non-finite."""
+    del context
+    n, _ = check_updates(updates, "mean")
+    if n > 256:
+        return weighted_row_sum(updates, [1.0 / n] * n)
+    return sum_rows(updates[i] for i in range(n)) / n
 
-    return aggregate
 
-
-mean = _mean_factory()
-register("mean", _mean_factory)
+register("mean", lambda: mean)

@@ -12,24 +12,16 @@ Byzantine senders may send anything, differently to each recipient) and replaces
 ``average_agreement`` repeats this for a static number of rounds (``O(log n)`` in the paper).
 """
 
-import itertools
+import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from fedjax_attacks import aggregators
 from fedjax_attacks.frl import byzantine as byz
 
 RULES = ("mda", "gda", "none")
 MAX_MDA_SUBSETS = 100_000
-
-
-def subset_masks(num_agents: int, subset_size: int) -> np.ndarray:
-    """Static ``bool[C(n, k), n]`` array: row ``s`` marks the members of the ``s``-th ``k``-subset of ``[n]``."""
-    combos = np.array(list(itertools.combinations(range(num_agents), subset_size)), dtype=np.int64)
-    masks = np.zeros((len(combos), num_agents), bool)
-    np.put_along_axis(masks, combos, True, axis=1)
-    return masks
 
 
 def pairwise_distances(vectors) -> jax.Array:
@@ -47,17 +39,10 @@ def diameter(vectors, mask=None) -> jax.Array:
     return jnp.max(dist)
 
 
-def _masked_mean(vectors, mask):
-    return jnp.sum(jnp.where(mask[:, None], vectors, 0.0), axis=0) / jnp.sum(mask)
-
-
 def mda(received, num_byzantine: int) -> jax.Array:
-    """Minimum diameter averaging of ``received: f32[n, d]``: mean of the ``n - f`` subset of least diameter."""
-    n = received.shape[0]
-    masks = jnp.asarray(subset_masks(n, n - num_byzantine))
-    dist = pairwise_distances(received)
-    diameters = jnp.max(jnp.where(masks[:, :, None] & masks[:, None, :], dist[None], 0.0), axis=(1, 2))
-    return _masked_mean(received, masks[jnp.argmin(diameters)])
+    """Minimum diameter averaging of ``received: f32[n, d]``: mean of the ``n - f`` subset of least diameter
+    (``fedjax_attacks.aggregators.mda``: exact search over a static array of all subsets)."""
+    return aggregators.mda(num_byzantine)(received)
 
 
 def gda(own, received, num_byzantine: int) -> jax.Array:
@@ -76,9 +61,7 @@ def check_rule(rule: str, num_agents: int, num_byzantine: int) -> None:
     if not 0 <= num_byzantine < num_agents:
         raise ValueError(f"need 0 <= num_byzantine < num_agents, got f={num_byzantine}, n={num_agents}")
     if rule == "mda":
-        count = len(list(itertools.islice(itertools.combinations(range(num_agents), num_byzantine),
-                                          MAX_MDA_SUBSETS + 1)))
-        if count > MAX_MDA_SUBSETS:
+        if math.comb(num_agents, num_byzantine) > MAX_MDA_SUBSETS:
             raise ValueError(f"MDA over C({num_agents}, {num_byzantine}) subsets is too large; use 'gda'")
 
 

@@ -30,9 +30,10 @@ def byzantine_mask(key, num_agents: int, num_byzantine: int, resample: bool) -> 
     return ranks < num_byzantine
 
 
-def acts_randomly(behaviour: str, byzantine) -> jax.Array:
-    """``bool[n]``: which agents replace their policy by uniform random actions (RandomAction)."""
-    return byzantine & (behaviour == "random_action")
+def acts_randomly(behaviour: str, byzantine):
+    """``bool[n]``: which agents replace their policy by uniform random actions (RandomAction); a Python
+    ``False`` for the other behaviours, so rollouts compile without the uniform sampling."""
+    return byzantine if behaviour == "random_action" else False
 
 
 def received(key, behaviour: str, vectors, byzantine, noise_scale: float = 1000.0) -> jax.Array:

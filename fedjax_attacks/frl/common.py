@@ -23,6 +23,10 @@ from fedjax_attacks.rl import policy_gradient as pg
 class Config:
     """Static hyperparameters of ByzPG / DecByzPG; defaults are the paper's CartPole setting (Table 1).
 
+    The step size is the authors' experiment script's 5e-4: Table 1's 5e-3 makes PAGE-PG's small-batch
+    recursion diverge once the importance weights are computed correctly (the reference's underflowing
+    weights drop the correction term on long episodes).
+
     Attributes:
       env_name: environment for ``fedjax_attacks.rl.env.make``.
       num_agents, num_byzantine: ``K`` and ``f``.
@@ -53,7 +57,7 @@ class Config:
     large_batch: int = 50
     small_batch: int = 4
     switch_prob: float = 0.2
-    learning_rate: float = 5e-3
+    learning_rate: float = 5e-4
     gamma: float = 0.999
     horizon: int = 500
     hidden: tuple = (16, 16)
@@ -141,6 +145,10 @@ def make_env_and_policy(config: Config, env=None, env_params=None):
     return env, env_params, policy
 
 
+def _axis(random_actions):
+    return None if random_actions is False else 0
+
+
 def batch_gradients(keys, policy, thetas, random_actions, env, env_params, config: Config, num_episodes: int):
     """Every agent samples ``num_episodes`` trajectories at its ``theta_i``; GPOMDP estimates and returns.
 
@@ -151,7 +159,7 @@ def batch_gradients(keys, policy, thetas, random_actions, env, env_params, confi
                                       horizon=config.horizon, random_actions=random)
         return pg.gpomdp(policy, theta, traj, config.gamma), jnp.mean(pg.episode_returns(traj))
 
-    return jax.vmap(one)(keys, thetas, random_actions)
+    return jax.vmap(one, in_axes=(0, 0, _axis(random_actions)))(keys, thetas, random_actions)
 
 
 def page_steps(keys, policy, thetas, thetas_prev, v_prev, random_actions, env, env_params, config: Config):
@@ -162,4 +170,5 @@ def page_steps(keys, policy, thetas, thetas_prev, v_prev, random_actions, env, e
         v_new = pg.page_pg_estimate(policy, theta, theta_prev, v, traj, config.gamma)
         return v_new, jnp.mean(pg.episode_returns(traj))
 
-    return jax.vmap(one)(keys, thetas, thetas_prev, v_prev, random_actions)
+    return jax.vmap(one, in_axes=(0, 0, 0, 0, _axis(random_actions)))(keys, thetas, thetas_prev, v_prev,
+                                                                      random_actions)

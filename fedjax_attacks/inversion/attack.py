@@ -128,6 +128,8 @@ def _gradient_inversion(
     @jax.jit
     def attack(key, params, g_bar):
         """Reconstructs the batch behind the shared gradient ``g_bar: f32[d]`` at model ``params: f32[d]``."""
+        if params.shape != (model.num_params,) or g_bar.shape != (model.num_params,):
+            raise ValueError(f"params and g_bar must be f32[{model.num_params}], got {params.shape}, {g_bar.shape}")
         if labels == "infer":
             inferred = matching.infer_labels(g_bar[bias_idx], batch_size)
             fixed_probs = jax.nn.one_hot(inferred, num_classes)

@@ -7,3 +7,4 @@ seeds. See ``env`` for the environment interface and ``ppo`` for the poisoning h
 from fedjax_attacks.rl import dqn, env, evaluate, gae, networks, ppo, replay, td3, wrappers
 from fedjax_attacks.rl.env import make, spec
 from fedjax_attacks.rl.evaluate import evaluate as evaluate_policy, export_params, import_params
+from fedjax_attacks.rl import policy_gradient

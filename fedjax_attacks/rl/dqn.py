@@ -23,7 +23,10 @@ from fedjax_attacks.rl import networks, replay, wrappers
 
 @dataclasses.dataclass(frozen=True)
 class DQNConfig:
-    """DQN hyperparameters; defaults are CleanRL's ``dqn`` (classic control), with double-Q targets on."""
+    """DQN hyperparameters; defaults are CleanRL's ``dqn`` (classic control), with double-Q targets on.
+
+    Integer and boolean fields and ``hidden`` are static; the float fields may be traced (vmap over them).
+    """
 
     total_timesteps: int = 500_000
     num_envs: int = 1
@@ -55,7 +58,7 @@ class DQNConfig:
             raise ValueError(f"total_timesteps={self.total_timesteps} < num_envs={self.num_envs}")
         if self.buffer_size < self.num_envs:
             raise ValueError("buffer_size must be >= num_envs")
-        if not 0.0 < self.exploration_fraction <= 1.0:
+        if isinstance(self.exploration_fraction, (int, float)) and not 0.0 < self.exploration_fraction <= 1.0:
             raise ValueError(f"exploration_fraction must lie in (0, 1], got {self.exploration_fraction}")
 
 

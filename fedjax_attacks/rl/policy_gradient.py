@@ -191,8 +191,9 @@ def sample_trajectories(key, policy: Policy, theta, env, env_params, *, num_epis
         key, state, obs, alive = carry
         key, k_pi, k_rand, k_env = jax.random.split(key, 4)
         action = policy.sample(k_pi, theta, obs)
-        uniform = jax.vmap(space.sample)(jax.random.split(k_rand, num_episodes)).astype(action.dtype)
-        action = jnp.where(random_actions, uniform, action)
+        if random_actions is not False:  # a Python False compiles no uniform sampling
+            uniform = jax.vmap(space.sample)(jax.random.split(k_rand, num_episodes)).astype(action.dtype)
+            action = jnp.where(random_actions, uniform, action)
         env_action = jnp.clip(action, space.low, space.high) if clip else action
         next_obs, state, reward, terminated, truncated, _ = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
             jax.random.split(k_env, num_episodes), state, env_action, env_params)

@@ -39,6 +39,9 @@ class PPOConfig:
     """PPO hyperparameters; defaults are PureJaxRL's CartPole / CleanRL's classic-control settings.
 
     ``total_timesteps`` is rounded down to whole updates of ``num_envs * num_steps`` environment steps.
+    Integer and boolean fields and ``hidden``/``activation`` are static. The float fields (``learning_rate``,
+    ``gamma``, ``gae_lambda``, ``clip_eps``, ``ent_coef``, ``vf_coef``, ``max_grad_norm``) may be traced, so a
+    sweep is ``jax.vmap(lambda lr, k: make_train(replace(config, learning_rate=lr), env, p)(k))(lrs, keys)``.
     """
 
     total_timesteps: int = 500_000
@@ -80,8 +83,10 @@ class PPOConfig:
         if self.batch_size % self.num_minibatches:
             raise ValueError(f"num_envs * num_steps = {self.batch_size} is not divisible by "
                              f"num_minibatches = {self.num_minibatches}")
-        if not 0.0 <= self.gamma <= 1.0 or not 0.0 <= self.gae_lambda <= 1.0:
-            raise ValueError("gamma and gae_lambda must lie in [0, 1]")
+        for name in ("gamma", "gae_lambda"):
+            value = getattr(self, name)
+            if isinstance(value, (int, float)) and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {value}")
         networks.activation(self.activation)
 
 

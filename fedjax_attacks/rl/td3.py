@@ -27,6 +27,7 @@ class TD3Config:
     """TD3 hyperparameters; defaults are CleanRL's ``td3_continuous_action``.
 
     Noise scales are in the unit action box (CleanRL's are multiplied by the action scale, the same thing).
+    Integer fields and ``hidden`` are static; the float fields may be traced (vmap over hyperparameters).
     """
 
     total_timesteps: int = 1_000_000
@@ -58,7 +59,7 @@ class TD3Config:
             raise ValueError(f"total_timesteps={self.total_timesteps} < num_envs={self.num_envs}")
         if self.buffer_size < self.num_envs:
             raise ValueError("buffer_size must be >= num_envs")
-        if not 0.0 < self.tau <= 1.0:
+        if isinstance(self.tau, (int, float)) and not 0.0 < self.tau <= 1.0:
             raise ValueError(f"tau must lie in (0, 1], got {self.tau}")
 
 

@@ -1,0 +1,176 @@
+"""DecByzPG / ByzPG figures (Jordan et al., AAMAS 2024, Fig. 1-3 and App. E, Fig. 4-6).
+
+For each environment (CartPole-v1; Acrobot-v1 stands in for LunarLander, which has no JAX version) and each
+algorithm (``dec`` = DecByzPG against Dec-PAGE-PG, ``byz`` = ByzPG against Fed-PAGE-PG):
+
+1. speed-up without Byzantines: plain averaging with K in {1, 5, 13} (K = 1 is PAGE-PG) and the robust method
+   with K = 13;
+2. K = 13, f = 3 under RandomAction, LargeNoise and AvgZero: the robust method against plain averaging, with
+   PAGE-PG (K = 1) as reference.
+
+Every variant runs all seeds at once (``vmap``) with the same switch sequence, in jitted chunks of iterations.
+The x axis is trajectories per agent, the y axis the honest agents' average return (mean and std over seeds).
+
+    python -m benchmarks.decbyzpg                      # the paper's setting: 10 seeds, 5000 trajectories
+    python -m benchmarks.decbyzpg --envs CartPole-v1 --algorithms dec   # the main CartPole figure only
+"""
+
+import dataclasses
+import os
+import time
+
+import jax
+import matplotlib
+import numpy as np
+from tqdm import tqdm
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from benchmarks import common  # noqa: E402
+from fedjax_attacks import frl  # noqa: E402
+
+PRESETS = {"CartPole-v1": frl.CARTPOLE, "Acrobot-v1": frl.ACROBOT}
+BEHAVIOURS = ("random_action", "large_noise", "avg_zero")
+NAMES = {"dec": ("DecByzPG", "Dec-PAGE-PG"), "byz": ("ByzPG", "Fed-PAGE-PG")}
+
+
+def parse_args(argv=None):
+    p = common.parser("decbyzpg", __doc__.split("\n\n")[0])
+    p.add_argument("--envs", default="CartPole-v1,Acrobot-v1", help="comma-separated (default: %(default)s)")
+    p.add_argument("--algorithms", default="dec,byz", help="dec and/or byz (default: %(default)s)")
+    p.add_argument("--behaviours", default=",".join(BEHAVIOURS), help="attacks (default: %(default)s)")
+    p.add_argument("--figures", default="speedup,attacks", help="speedup and/or attacks (default: %(default)s)")
+    p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--max-trajectories", type=int, default=5000, help="per agent")
+    p.add_argument("--agents", default="1,5,13", help="federation sizes of the speed-up figure")
+    p.add_argument("--num-byzantine", type=int, default=3, help="f, with K = the largest of --agents")
+    p.add_argument("--aggregator", default="geometric_median", help="robust aggregator (RFA by default)")
+    p.add_argument("--bucket-size", type=int, default=1, help="bucketing s around the aggregator (1 = none)")
+    p.add_argument("--agreement", default="mda", help="mda or gda")
+    p.add_argument("--horizon", type=int, default=0, help="override the preset's horizon (0 = keep)")
+    p.add_argument("--large-batch", type=int, default=0, help="override N (0 = keep)")
+    p.add_argument("--learning-rate", type=float, default=0.0, help="override the Adam step size (0 = keep)")
+    p.add_argument("--chunk", type=int, default=16, help="iterations per jitted call")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.envs, args.algorithms, args.behaviours = "CartPole-v1", "dec", "large_noise"
+        args.seeds, args.max_trajectories, args.agents, args.num_byzantine = 2, 40, "1,4", 1
+        args.horizon, args.large_batch, args.chunk = 40, 8, 4
+    return args
+
+
+def variants(args, preset, algorithm):
+    """``{label: Config}`` of the two figures for one environment and algorithm."""
+    robust_name, plain_name = NAMES[algorithm]
+    sizes = [int(k) for k in args.agents.split(",")]
+    big = max(sizes)
+    robust = dict(aggregator=args.aggregator, bucket_size=args.bucket_size, agreement=args.agreement,
+                  aggregator_hparams=(("num_iters", 8), ("smoothing", 0.1)) if args.aggregator in
+                  ("geometric_median", "rfa") else ())
+    plain = dict(aggregator="mean", agreement="none")
+    out = {}
+    figures = args.figures.split(",")
+    if "speedup" in figures:
+        for k in sizes:
+            out["PAGE-PG (K=1)" if k == 1 else f"{plain_name} K={k}"] = dataclasses.replace(
+                preset, num_agents=k, **plain)
+        out[f"{robust_name} K={big}"] = dataclasses.replace(preset, num_agents=big, **robust)
+    for behaviour in (args.behaviours.split(",") if "attacks" in figures else []):
+        attacked = dict(num_agents=big, num_byzantine=args.num_byzantine, behaviour=behaviour)
+        out[f"{plain_name} K={big} {behaviour}"] = dataclasses.replace(preset, **attacked, **plain)
+        out[f"{robust_name} K={big} {behaviour}"] = dataclasses.replace(preset, **attacked, **robust)
+    return out
+
+
+def run_variant(config, algorithm, switches, seeds, chunk, bar):
+    """All seeds of one variant; returns (returns f32[S, T], diameter f32[S, T], wall seconds)."""
+    make = frl.make_decbyzpg if algorithm == "dec" else frl.make_byzpg
+    alg = make(config)
+    start = time.perf_counter()
+    state = jax.jit(jax.vmap(alg.init))(jax.random.split(jax.random.PRNGKey(0), seeds))
+    iterate = jax.jit(jax.vmap(alg.iterate, in_axes=(0, None)))
+    returns, diameters = [], []
+    for i in range(0, len(switches), chunk):
+        state, history = iterate(state, switches[i:i + chunk])
+        returns.append(np.asarray(history["returns"]))
+        diameters.append(np.asarray(history["diameter"]))
+        bar.update(len(switches[i:i + chunk]))
+    return np.concatenate(returns, 1), np.concatenate(diameters, 1), time.perf_counter() - start
+
+
+def plot(path, title, curves, labels, max_trajectories):
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for label in labels:
+        c = curves[label]
+        x, mean, std = np.asarray(c["trajectories"]), np.asarray(c["mean"]), np.asarray(c["std"])
+        ax.plot(x, mean, label=label)
+        ax.fill_between(x, mean - std, mean + std, alpha=0.2)
+    ax.set(xlabel="trajectories per agent", ylabel="average return (honest agents)", title=title,
+           xlim=(0, max_trajectories))
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def overrides(args, preset):
+    changes = {}
+    if args.horizon:
+        changes["horizon"] = args.horizon
+    if args.large_batch:
+        changes["large_batch"] = args.large_batch
+    if args.learning_rate:
+        changes["learning_rate"] = args.learning_rate
+    return dataclasses.replace(preset, **changes)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    results = {"config": vars(args), "figures": {}, "wall_s": {}}
+    total_start = time.perf_counter()
+    for env_name in args.envs.split(","):
+        if env_name not in PRESETS:
+            raise ValueError(f"unknown environment {env_name!r}; known: {', '.join(PRESETS)}")
+        preset = overrides(args, PRESETS[env_name])
+        switches = frl.sample_switches(jax.random.PRNGKey(1), preset, args.max_trajectories, args.chunk)
+        x = np.cumsum(frl.trajectories_per_iteration(switches, preset))
+        for algorithm in args.algorithms.split(","):
+            configs = variants(args, preset, algorithm)
+            curves, figure_start = {}, time.perf_counter()
+            bar = tqdm(total=len(configs) * len(switches), desc=f"{env_name} {algorithm}", unit="it")
+            for label, config in configs.items():
+                returns, diameter, wall = run_variant(config, algorithm, switches, args.seeds, args.chunk, bar)
+                keep = x <= args.max_trajectories
+                final = returns[:, keep][:, -max(1, keep.sum() // 10):].mean(1)
+                curves[label] = {"trajectories": x[keep], "mean": returns[:, keep].mean(0),
+                                 "std": returns[:, keep].std(0), "final_mean": final.mean(),
+                                 "final_std": final.std(), "final_honest_diameter": diameter[:, -1].mean(),
+                                 "wall_s": wall, "config": dataclasses.asdict(config)}
+                tqdm.write(f"{env_name} {label:32s} final return {final.mean():7.1f} +- {final.std():5.1f}  "
+                           f"({wall:6.1f} s)")
+            bar.close()
+            key = f"{env_name}/{algorithm}"
+            results["figures"][key] = curves
+            results["wall_s"][key] = time.perf_counter() - figure_start
+            robust_name, plain_name = NAMES[algorithm]
+            big = max(int(k) for k in args.agents.split(","))
+            labels = list(curves)
+            speedup = [lb for lb in labels if not any(b in lb for b in BEHAVIOURS)]
+            if speedup:
+                plot(os.path.join(args.out, f"{env_name}_{algorithm}_speedup.png"),
+                     f"{env_name}: {robust_name}, no Byzantines", curves, speedup, args.max_trajectories)
+            for behaviour in (args.behaviours.split(",") if "attacks" in args.figures else []):
+                attack = [lb for lb in labels if lb.endswith(behaviour)] + [
+                    lb for lb in speedup if lb.startswith("PAGE-PG") or lb == f"{plain_name} K={big}"]
+                plot(os.path.join(args.out, f"{env_name}_{algorithm}_{behaviour}.png"),
+                     f"{env_name}: {robust_name} under {behaviour}", curves, attack, args.max_trajectories)
+            results["wall_s"]["total"] = time.perf_counter() - total_start
+            path = common.write_results(args.out, results)
+    print(f"wrote {path}; total {results['wall_s']['total']:.1f} s on {jax.devices()}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

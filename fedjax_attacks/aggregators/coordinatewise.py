@@ -1,0 +1,60 @@
+"""Coordinate-wise rules: median and trimmed mean (Yin et al., 2018), from order statistics over the clients.
+
+A NaN entry counts as ``+inf`` (the farthest possible value) so that fewer than half NaN/Inf rows (fewer than
+``num_trim`` for the trimmed mean on each side) never reach the output.
+"""
+
+import jax.numpy as jnp
+
+from fedjax_attacks.aggregators._common import check_int, check_updates, sum_rows
+from fedjax_attacks.aggregators.registry import register
+from fedjax_attacks.aggregators.sorting import order_statistic
+
+
+def median(updates, **context):
+    """Coordinate-wise median ``med_i x_ij`` (mean of the two middle values for even ``n``, as ``np.median``)."""
+    del context
+    n, _ = check_updates(updates, "median")
+    x = _nan_to_inf(updates)
+    if n % 2:
+        return order_statistic(x, n // 2)
+    return 0.5 * (order_statistic(x, n // 2 - 1) + order_statistic(x, n // 2))
+
+
+def trimmed_mean(num_trim: int = 1):
+    """Coordinate-wise trimmed mean: per coordinate drop the ``num_trim`` (beta) largest and smallest values, average
+    the remaining ``n - 2 num_trim``. Needs ``2 num_trim < n``.
+
+    Computed without sorting: with ``lo``/``hi`` the ``num_trim``-th smallest/largest value of a coordinate,
+    ``sum of the kept values = sum_i clip(x_i, lo, hi) - num_trim (lo + hi)`` (exact with ties).
+    """
+    num_trim = check_int(num_trim, "trimmed_mean: num_trim", 0)
+
+    def aggregate(updates, **context):
+        del context
+        n, _ = check_updates(updates, "trimmed_mean")
+        if 2 * num_trim >= n:
+            raise ValueError(f"trimmed_mean needs 2 * num_trim < n, got num_trim={num_trim}, n={n}")
+        return trimmed_mean_of(updates, num_trim)
+
+    return aggregate
+
+
+def trimmed_mean_of(updates, num_trim: int):
+    """Coordinate-wise mean of the values ranked ``num_trim .. n - 1 - num_trim`` (no validation)."""
+    n = updates.shape[0]
+    x = _nan_to_inf(updates)
+    if num_trim == 0:
+        return sum_rows(x[i] for i in range(n)) / n
+    lo = order_statistic(x, num_trim)
+    hi = -order_statistic(-x, num_trim)
+    total = sum_rows(jnp.clip(x[i], lo, hi) for i in range(n))
+    return (total - num_trim * (lo + hi)) / (n - 2 * num_trim)
+
+
+def _nan_to_inf(updates):
+    return jnp.where(jnp.isnan(updates), jnp.inf, updates)
+
+
+register("median", lambda: median)
+register("trimmed_mean", trimmed_mean)

@@ -1,0 +1,68 @@
+"""Order statistics over the client axis with a compare-exchange sorting network.
+
+XLA's CPU sort is slow (``jnp.median`` over 100 rows of 1e5 coordinates takes about a second). Batcher's odd-even
+merge sort network, unrolled into ``jnp.minimum``/``jnp.maximum`` on whole rows, is elementwise over the
+coordinates; asking for one position lets XLA drop every comparator that does not feed it and fuse the rest into
+a single pass. The network runs over column tiles inside a ``fori_loop``: the loop boundary keeps XLA from fusing
+the network into its consumer (which would recompute it once per client row).
+"""
+
+import functools
+
+import jax.numpy as jnp
+from jax import lax
+
+# Columns per tile: 1e5 floats of 100 rows do not fit in cache; tiles of this width do.
+_TILE = 2048
+
+
+@functools.lru_cache(maxsize=None)
+def batcher_pairs(n: int) -> tuple[tuple[int, int], ...]:
+    """Comparators ``(i, j)``, ``i < j``, of Batcher's odd-even merge sort for ``n`` inputs.
+
+    Built for the next power of two; comparators touching an index ``>= n`` are dropped (equivalent to padding
+    with ``+inf``, which such comparators never move).
+    """
+    p = 1
+    while p < n:
+        p *= 2
+    pairs = []
+    size = 1
+    while size < p:
+        k = size
+        while k >= 1:
+            for j in range(k % size, p - k, 2 * k):
+                for i in range(min(k, p - j - k)):
+                    if (i + j) // (size * 2) == (i + j + k) // (size * 2) and i + j + k < n:
+                        pairs.append((i + j, i + j + k))
+            k //= 2
+        size *= 2
+    return tuple(pairs)
+
+
+def network_sort(rows):
+    """Sorts a list of ``n`` equally shaped arrays elementwise (ascending) with Batcher's network."""
+    rows = list(rows)
+    for a, b in batcher_pairs(len(rows)):
+        rows[a], rows[b] = jnp.minimum(rows[a], rows[b]), jnp.maximum(rows[a], rows[b])
+    return rows
+
+
+def order_statistic(updates, position: int):
+    """The ``position``-th smallest value (0-based) of every column of ``updates: f32[n, d]`` -> ``f32[d]``.
+
+    NaN entries must be replaced before (``jnp.minimum`` propagates NaN); ``+-inf`` sort correctly.
+    """
+    n, d = updates.shape
+    if n == 1:
+        return updates[0]
+    num_tiles = max(2, -(-d // _TILE))
+    width = -(-d // num_tiles)
+
+    def body(t, out):
+        start = jnp.minimum(t * width, d - width)  # the last tile overlaps its neighbour instead of padding
+        tile = lax.dynamic_slice_in_dim(updates, start, width, axis=1)
+        value = network_sort(tile[i] for i in range(n))[position]
+        return lax.dynamic_update_slice_in_dim(out, value, start, axis=0)
+
+    return lax.fori_loop(0, num_tiles, body, jnp.zeros((d,), updates.dtype))
