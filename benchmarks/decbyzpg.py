@@ -139,6 +139,8 @@ def main(argv=None):
         for algorithm in args.algorithms.split(","):
             configs = variants(args, preset, algorithm)
             curves, figure_start = {}, time.perf_counter()
+            key = f"{env_name}/{algorithm}"
+            results["figures"][key] = curves
             bar = tqdm(total=len(configs) * len(switches), desc=f"{env_name} {algorithm}", unit="it")
             for label, config in configs.items():
                 returns, diameter, wall = run_variant(config, algorithm, switches, args.seeds, args.chunk, bar)
@@ -150,10 +152,10 @@ def main(argv=None):
                                  "wall_s": wall, "config": dataclasses.asdict(config)}
                 tqdm.write(f"{env_name} {label:32s} final return {final.mean():7.1f} +- {final.std():5.1f}  "
                            f"({wall:6.1f} s)")
+                results["wall_s"][key] = time.perf_counter() - figure_start
+                results["wall_s"]["total"] = time.perf_counter() - total_start
+                path = common.write_results(args.out, results)  # after every variant: partial runs keep data
             bar.close()
-            key = f"{env_name}/{algorithm}"
-            results["figures"][key] = curves
-            results["wall_s"][key] = time.perf_counter() - figure_start
             robust_name, plain_name = NAMES[algorithm]
             big = max(int(k) for k in args.agents.split(","))
             labels = list(curves)
@@ -166,8 +168,6 @@ def main(argv=None):
                     lb for lb in speedup if lb.startswith("PAGE-PG") or lb == f"{plain_name} K={big}"]
                 plot(os.path.join(args.out, f"{env_name}_{algorithm}_{behaviour}.png"),
                      f"{env_name}: {robust_name} under {behaviour}", curves, attack, args.max_trajectories)
-            results["wall_s"]["total"] = time.perf_counter() - total_start
-            path = common.write_results(args.out, results)
     print(f"wrote {path}; total {results['wall_s']['total']:.1f} s on {jax.devices()}")
     return results
 

@@ -157,6 +157,7 @@ def plot(results, path):
         x, y = results[name]["curve"]
         ax.plot(x, y, lw=0.8)
         ax.set(title=title, xlabel="env steps", ylabel="episode return")
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
     if "ppo" in results:
         s = results["ppo"]["seeds"]
         axes[0, -1].bar(["sequential", "vmapped"], [s["sequential_steps_per_s"], s["vmapped_steps_per_s"]])

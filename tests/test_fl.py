@@ -138,3 +138,14 @@ def test_full_knowledge_attack_refused_under_partial_knowledge():
 def test_model_must_match_data():
     with pytest.raises(ValueError, match="input shape"):
         fl.make_run(fl.FLConfig(), DIGITS, models.get("mlp", 10, (28, 28, 1)))
+
+
+def test_attack_sweep_matches_separate_runs():
+    members = [("none", {}), ("ipm", {"eps": 5.0})]
+    config = dataclasses.replace(SMALL, aggregator="median")
+    keys = jax.random.split(jax.random.PRNGKey(4), 2)
+    sweep = fl.make_attack_sweep(config, DIGITS, MLP, members)
+    for index, (name, hparams) in enumerate(members):
+        expected = jax.jit(jax.vmap(fl.make_run(dataclasses.replace(config, attack=name, attack_hparams=hparams),
+                                                DIGITS, MLP)))(keys)[1]
+        np.testing.assert_allclose(sweep(keys, jnp.int32(index)).test_loss, expected.test_loss, rtol=1e-5)

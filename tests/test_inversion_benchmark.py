@@ -3,9 +3,12 @@
 import json
 import os
 
+import pytest
+
 from benchmarks import inversion
 
 
+@pytest.mark.slow
 def test_benchmark_writes_results_and_plots(tmp_path):
     out = str(tmp_path / "inv")
     inversion.main(["--quick", "--out", out, "--models", "mlp", "--methods", "ig", "--batch-sizes", "1",

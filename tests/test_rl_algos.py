@@ -6,6 +6,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from fedjax_attacks import rl
 from fedjax_attacks.rl import dqn, ppo, td3
@@ -17,27 +18,21 @@ def _first_last(returns, k):
     return r[:k].mean(), r[-k:].mean()
 
 
-def test_ppo_cartpole_learns_vmapped_equals_single_and_no_retrace():
+def test_ppo_cartpole_learns_vmapped_over_seeds_and_hyperparameters_without_retrace():
     env, params = rl.make("CartPole-v1")
     cfg = ppo.PPOConfig(total_timesteps=24_576, num_envs=8, num_steps=64, learning_rate=1e-3, hidden=(32, 32))
-    train = ppo.make_train(cfg, env, params)
-    keys = jax.random.split(jax.random.key(0), 2)
-    # Seeds and a traced hyperparameter vmapped together (both learning rates equal the config's).
-    sweep = lambda lr, key: ppo.make_train(dataclasses.replace(cfg, learning_rate=lr), env, params)(key)
-    out = jax.jit(jax.vmap(sweep))(jnp.full(2, cfg.learning_rate), keys)
-    for seed in range(2):
-        first, last = _first_last(out.metrics["episode_return"][seed], 5)
-        assert last > 2 * first, (first, last)
 
     @jax.jit
     @chex.assert_max_traces(n=1)
-    def single(key):
-        return train(key).train_state.params
+    def sweep(learning_rates, keys):
+        run = lambda lr, key: ppo.make_train(dataclasses.replace(cfg, learning_rate=lr), env, params)(key)
+        return jax.vmap(run)(learning_rates, keys).metrics["episode_return"]
 
-    one = single(keys[1])
-    single(keys[0])  # a second key does not retrace
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a[1], b, rtol=2e-3, atol=2e-4),
-                 out.train_state.params, one)
+    returns = sweep(jnp.array([1e-3, 2e-3]), jax.random.split(jax.random.key(0), 2))
+    for seed in range(2):
+        first, last = _first_last(returns[seed], 5)
+        assert last > 2 * first, (first, last)
+    sweep(jnp.array([1e-3, 1e-3]), jax.random.split(jax.random.key(1), 2))  # new values: no retrace
 
 
 def test_ppo_hooks_are_applied_in_order():
@@ -54,19 +49,19 @@ def test_ppo_hooks_are_applied_in_order():
 
     def poison(batch, train_state, key):
         assert batch.rewards.shape == (16, 4) and batch.obs.shape == (16, 4, 4)
-        # Value targets stay finite only if every reward and observation came through the hook.
         ok = jnp.all(batch.rewards == 2.0) & jnp.all(batch.obs[..., 0] == 7.0)
         log_probs, values, _ = ppo.evaluate_actions(train_state, batch.obs, batch.actions)
         ok = ok & jnp.allclose(values, batch.values, atol=1e-5) & jnp.allclose(log_probs, batch.log_probs, atol=1e-5)
-        return batch._replace(rewards=jnp.where(ok, batch.rewards, jnp.nan))
+        # Huge rewards if every reward and observation came through the hook, NaN otherwise.
+        return batch._replace(rewards=jnp.where(ok, jnp.full_like(batch.rewards, 1e4), jnp.nan))
 
     out = jax.jit(ppo.make_train(cfg, env, params, poison=poison, rollout_hook=hook))(jax.random.key(1))
     assert int(out.hook_state) == 3 * 16
-    assert np.all(np.isfinite(out.metrics["value_loss"]))
-
-    nan_poison = lambda batch, ts, key: batch._replace(rewards=batch.rewards * jnp.nan)
-    out = jax.jit(ppo.make_train(cfg, env, params, poison=nan_poison))(jax.random.key(1))
-    assert np.all(np.isnan(out.metrics["value_loss"]))
+    # Hooked rewards of 2 would give value losses below 1e3; the poisoned batch drives the update instead.
+    assert np.all(np.asarray(out.metrics["value_loss"]) > 1e6), out.metrics["value_loss"]
+    bad = lambda batch, ts, key: batch._replace(rewards=batch.rewards.sum())
+    with pytest.raises(ValueError, match="poison"):
+        jax.eval_shape(ppo.make_train(cfg, env, params, poison=bad), jax.random.key(0))
 
 
 def test_td3_pendulum_improves():

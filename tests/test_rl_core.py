@@ -30,15 +30,21 @@ def test_brax_adapter_steps():
     env, params = rl.make("brax:inverted_pendulum", episode_length=3)
     s = rl.spec(env, params)
     assert not s.discrete and s.num_actions == 1
-    obs, state = env.reset(jax.random.key(0), params)
-    assert obs.shape == s.obs_shape
-    truncs = []
-    for i in range(4):
-        obs, state, reward, terminated, truncated, info = env.step(jax.random.key(i), state, jnp.zeros(1), params)
-        truncs.append(bool(truncated))
-        assert np.isfinite(float(reward)) and obs.shape == s.obs_shape
-    assert truncs[:3] == [False, False, True]  # time limit of 3 steps, then auto-reset
-    assert int(state.time) == 1
+
+    def step(state, key):
+        _, state, reward, _, truncated, _ = env.step(key, state, jnp.zeros(1), params)
+        return state, (state.time, reward, truncated)
+
+    @jax.jit
+    def rollout(key):  # one compiled program: reset, then 4 steps through the time limit
+        obs, state = env.reset(key, params)
+        _, (times, rewards, truncated) = jax.lax.scan(step, state, jax.random.split(key, 4))
+        return obs, times, rewards, truncated
+
+    obs, times, rewards, truncated = rollout(jax.random.key(0))
+    assert obs.shape == s.obs_shape and np.all(np.isfinite(rewards))
+    np.testing.assert_array_equal(truncated, [False, False, True, False])  # time limit 3, then auto-reset
+    np.testing.assert_array_equal(times, [1, 2, 0, 1])
 
 
 def test_vec_env_matches_loop():

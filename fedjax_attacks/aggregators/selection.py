@@ -69,7 +69,8 @@ def multi_krum(num_byzantine: int = 1, num_selected: int | None = None):
 
 def bulyan(num_byzantine: int = 1):
     """Bulyan: select ``theta = n - 2f`` updates by repeated Krum (each round removes the Krum winner of the rest,
-    Krum's neighbour count ``max(n_rest - f - 2, 1)``), then per coordinate average the ``beta = theta - 2f``
+    Krum's neighbour count ``max(n_rest - f - 2, 2)``: Krum is undefined once ``n_rest <= 2f + 2`` and with a single
+    neighbour the closest pair always ties, which would make the selection depend on the client order), then per coordinate average the ``beta = theta - 2f``
     selected values closest to their median. Needs ``n >= 4f + 3``.
 
     Values tied at the cut-off distance from the median share the remaining slots equally (permutation invariant).
@@ -176,7 +177,7 @@ def _repeated_krum(dists, f, theta):
         removed, order = state
         d = jnp.where(removed[:, None] | removed[None, :] | eye, jnp.inf, dists)
         ranked = jnp.cumsum(jnp.sort(d, axis=1), axis=1)
-        k = jnp.maximum(n - t - f - 2, 1)
+        k = jnp.maximum(n - t - f - 2, 2)
         # a remaining row far from all others (score inf) must still beat the removed ones
         scores = jnp.where(removed, jnp.inf, jnp.minimum(ranked[:, k - 1], jnp.finfo(dists.dtype).max))
         winner = jnp.argmin(scores)

@@ -3,8 +3,9 @@
 XLA's CPU sort is slow (``jnp.median`` over 100 rows of 1e5 coordinates takes about a second). Batcher's odd-even
 merge sort network, unrolled into ``jnp.minimum``/``jnp.maximum`` on whole rows, is elementwise over the
 coordinates; asking for one position lets XLA drop every comparator that does not feed it and fuse the rest into
-a single pass. The network runs over column tiles inside a ``fori_loop``: the loop boundary keeps XLA from fusing
-the network into its consumer (which would recompute it once per client row).
+a single pass. For more than ``_TILE_ABOVE_N`` clients the network runs over column tiles inside a ``fori_loop``
+(measured faster at n = 100, d = 1e5: the tile's rows stay in cache); for few clients the plain fused network is
+several times faster (n = 10: 0.4 ms against 2.4 ms).
 """
 
 import functools
@@ -14,6 +15,7 @@ from jax import lax
 
 # Columns per tile: 1e5 floats of 100 rows do not fit in cache; tiles of this width do.
 _TILE = 2048
+_TILE_ABOVE_N = 32
 
 
 @functools.lru_cache(maxsize=None)
@@ -54,8 +56,8 @@ def order_statistic(updates, position: int):
     NaN entries must be replaced before (``jnp.minimum`` propagates NaN); ``+-inf`` sort correctly.
     """
     n, d = updates.shape
-    if n == 1:
-        return updates[0]
+    if n <= _TILE_ABOVE_N:
+        return network_sort(updates[i] for i in range(n))[position]
     num_tiles = max(2, -(-d // _TILE))
     width = -(-d // num_tiles)
 

@@ -157,6 +157,24 @@ def make_run(config: FLConfig, dataset: Dataset, model: FlatModel) -> Callable:
     return make_simulation(config, dataset, model).run
 
 
+def make_attack_sweep(config: FLConfig, dataset: Dataset, model: FlatModel, members) -> Callable:
+    """``sweep(keys, attack_index) -> History``, jitted: one compilation serves every attack in ``members``.
+
+    ``members`` is a sequence of ``(attack_name, hparams)``; the run uses ``attacks.switch`` on the int32
+    ``attack_index`` (an argument, not a constant, so changing it does not recompile; keep it unbatched). Seeds
+    (``keys`` of shape [S]) are vmapped. ``config.attack`` is ignored. Validation happens here, before tracing.
+    """
+    members = tuple((name, dict(hparams)) for name, hparams in members)
+    config = dataclasses.replace(config, attack="switch", attack_hparams={"members": members, "index": 0})
+    make_simulation(config, dataset, model)
+
+    def sweep(keys, index):
+        cfg = dataclasses.replace(config, attack_hparams={"members": members, "index": index})
+        return jax.vmap(make_run(cfg, dataset, model))(keys)[1]
+
+    return jax.jit(sweep)
+
+
 def run_with_progress(sim: Simulation, keys: jax.Array, chunk_blocks: Optional[int] = None, desc: str = "FL rounds"):
     """Runs ``sim`` for a batch of seeds ``keys`` (shape [S] of keys) with a tqdm bar over rounds.
 

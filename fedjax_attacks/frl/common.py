@@ -72,9 +72,10 @@ class Config:
 
 
 CARTPOLE = Config()
+# Acrobot-v1 stands in for LunarLander (no JAX version) with the paper's LunarLander hyperparameters; gymnax's
+# Acrobot has a 500-step limit, so the horizon is 500 instead of 1000.
 ACROBOT = Config(env_name="Acrobot-v1", hidden=(64, 64), activation="tanh", large_batch=96, small_batch=32,
                  learning_rate=1e-3, horizon=500)
-"""Acrobot-v1 stands in for LunarLander (not available in JAX) with the paper's LunarLander hyperparameters."""
 
 
 def validate(config: Config, centralized: bool) -> None:

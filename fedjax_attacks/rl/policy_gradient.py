@@ -228,11 +228,6 @@ def discounted_rewards_to_go(rewards, gamma: float) -> jax.Array:
     return jnp.flip(jnp.cumsum(jnp.flip(weighted, 0), axis=0), 0)
 
 
-def step_log_probs(policy: Policy, theta, traj: Trajectories) -> jax.Array:
-    """``mask_t * log pi_theta(a_t | s_t)``, f32[H, B]."""
-    return traj.mask * policy.log_prob(theta, traj.obs, traj.actions)
-
-
 def reduce_live_blocks(fn, traj: Trajectories, extra, zero, chunk: int = CHUNK):
     """``sum_c fn(block_c)`` over blocks of ``chunk`` steps of ``(obs, actions, mask, extra)`` ([H, B, ...]).
 
@@ -290,8 +285,9 @@ def gpomdp(policy: Policy, theta, traj: Trajectories, gamma: float, weights=None
 
 def reinforce(policy: Policy, theta, traj: Trajectories, gamma: float) -> jax.Array:
     """REINFORCE estimate ``1/B sum_tau (sum_t grad log pi_theta(a_t|s_t)) R(tau)``, f32[d]."""
-    discounted_return = discounted_rewards_to_go(traj.rewards, gamma)[:1]
-    return score_gradient(policy, theta, traj, jnp.broadcast_to(discounted_return, traj.mask.shape) / traj.mask.shape[1])
+    discounted_return = discounted_rewards_to_go(traj.rewards, gamma)[:1]  # R(tau) = G_0
+    coef = jnp.broadcast_to(discounted_return, traj.mask.shape) / traj.mask.shape[1]
+    return score_gradient(policy, theta, traj, coef)
 
 
 def page_pg_estimate(policy: Policy, theta, theta_prev, v_prev, traj: Trajectories, gamma: float) -> jax.Array:

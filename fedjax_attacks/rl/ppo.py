@@ -9,8 +9,9 @@ the ``Box`` bounds) action spaces both work.
 Poisoning hooks (SleeperNets, TrojDRL-W, BadRL-M); the defaults are identities that trace to nothing:
 
 * outer loop: ``poison(batch, train_state, key) -> batch`` runs on every rollout ``Batch`` after collection and
-  before GAE and the update. It may rewrite any field; to recompute values and log-probs of changed observations
-  use ``evaluate_actions(train_state, obs, actions)``.
+  before GAE and the update. It may rewrite any field but must keep every shape and dtype (checked at trace
+  time); to recompute values and log-probs of changed observations use
+  ``evaluate_actions(train_state, obs, actions)``.
 * inner loop: ``RolloutHook(init, observe, reward)`` runs inside each rollout step:
   ``observe(key, hook_state, obs, train_state) -> (obs, hook_state)`` changes the batched observation
   ``[num_envs, ...]`` before the agent acts on it (and it is stored in the batch);
@@ -270,7 +271,7 @@ def make_train(config: PPOConfig, env, env_params, poison: Callable = no_poison,
         (train_state, env_state, obs, hook_state, key), (batch, info) = jax.lax.scan(
             rollout_step, (train_state, env_state, obs, hook_state, key), None, config.num_steps)
         key, k_poison, k_epochs = jax.random.split(key, 3)
-        batch = poison(batch, train_state, k_poison)
+        batch = _check_poisoned(batch, poison(batch, train_state, k_poison))
         advantages, targets = gae_lib.gae(batch.rewards, batch.values, batch.bootstrap_values,
                                           batch.terminated, batch.truncated, config.gamma, config.gae_lambda)
         (train_state, _, _), losses = jax.lax.scan(
@@ -313,6 +314,15 @@ def make_policy(config: PPOConfig, env, env_params, params, obs_moments: wrapper
         return to_env_action(dist.mode() if deterministic else dist.sample(key))
 
     return policy
+
+
+def _check_poisoned(batch: Batch, poisoned: Batch) -> Batch:
+    """Returns ``poisoned`` after checking (at trace time) that it has the rollout's structure and shapes."""
+    shapes = lambda b: jax.tree.map(lambda x: (jnp.shape(x), jnp.result_type(x)), b)
+    if not isinstance(poisoned, Batch) or shapes(poisoned) != shapes(batch):
+        raise ValueError(f"poison must return a Batch with the rollout's shapes and dtypes {shapes(batch)}, "
+                         f"got {shapes(poisoned) if isinstance(poisoned, Batch) else type(poisoned)}")
+    return poisoned
 
 
 def _action_mapper(spec: env_lib.EnvSpec) -> Callable[[chex.Array], chex.Array]:
