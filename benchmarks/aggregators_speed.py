@@ -4,6 +4,7 @@ rule, measured in the same run (issue 3). n clients in {10, 100}, d coordinates,
     python -m benchmarks.aggregators_speed [--quick] [--dims 10000 100000 1000000] [--clients 10 100]
 """
 
+import os
 import time
 
 import jax
@@ -172,7 +173,7 @@ def torch_rules(n, f):
 
 
 # ------------------------------------------------------------------------------------------ driver
-def run(clients, dims, repeats, out):
+def run(clients, dims, repeats):
     """Times every rule for every (n, d); returns the results dict (milliseconds, ratios, max abs differences)."""
     rows = []
     combos = [(n, d) for n in clients for d in dims]
@@ -232,10 +233,8 @@ def main(argv=None):
     dims = args.dims or ([10_000] if args.quick else [10_000, 100_000])
     repeats = args.repeats or (3 if args.quick else 5)
     start = time.perf_counter()
-    rows = run(args.clients, dims, repeats, args.out)
+    rows = run(args.clients, dims, repeats)
     wall = time.perf_counter() - start
-    import os
-
     os.makedirs(args.out, exist_ok=True)
     plot(rows, os.path.join(args.out, "aggregators_speed.png"))
     print(f"{'n':>4} {'d':>8} {'rule':>18} {'jax ms':>9} {'numpy ms':>9} {'torch ms':>9} {'x torch':>8} {'x numpy':>8}")

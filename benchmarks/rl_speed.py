@@ -78,7 +78,8 @@ def run_ppo(args, bar):
     steps = cfg.num_updates * cfg.batch_size
     policy = ppo.make_policy(cfg, env, params, out.train_state.params)
     result = {"config": dataclasses.asdict(cfg), "compile_s": compile_s, "run_s": run_s, "env_steps": steps,
-              "steps_per_s": steps / run_s, "cpu_s": cpu_s, "steps_per_cpu_s": steps / cpu_s, "eval_return": _eval(policy, env, params, args.eval_episodes, 500),
+              "steps_per_s": steps / run_s, "cpu_s": cpu_s, "steps_per_cpu_s": steps / cpu_s,
+              "eval_return": _eval(policy, env, params, args.eval_episodes, 500),
               "curve": _curve(out.metrics["episode_return"], cfg.batch_size)}
     bar.update()
 
@@ -221,7 +222,8 @@ def main(argv=None):
               f"({s['vmapped_steps_per_s']:,.0f} steps/s)")
     if "td3" in results:
         r = results["td3"]
-        print(f"TD3 Pendulum: {r['steps_per_s']:,.0f} steps/s ({r['steps_per_cpu_s']:,.0f} steps/CPU-s), eval return {r['eval_return']:.1f} "
+        print(f"TD3 Pendulum: {r['steps_per_s']:,.0f} steps/s ({r['steps_per_cpu_s']:,.0f} steps/CPU-s), "
+              f"eval return {r['eval_return']:.1f} "
               f"(rejax anchor: 1,040 steps/s, -147)")
     if "dqn" in results:
         r = results["dqn"]

@@ -54,7 +54,7 @@ def trimmed_mean_of(updates, num_trim: int):
     if n <= _FULL_SORT_MAX_N:
         return sum_rows(network_sort(x[i] for i in range(n))[num_trim:n - num_trim]) / (n - 2 * num_trim)
     lo = order_statistic(x, num_trim)
-    hi = -order_statistic(-x, num_trim)
+    hi = order_statistic(x, n - 1 - num_trim)
     total = sum_rows(jnp.clip(x[i], lo, hi) for i in range(n))
     return (total - num_trim * (lo + hi)) / (n - 2 * num_trim)
 

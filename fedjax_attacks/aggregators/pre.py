@@ -8,7 +8,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from fedjax_attacks.aggregators._common import check_int, check_positive, check_updates, finite_rows, pairwise_sq_dists, sq_norms
+from fedjax_attacks.aggregators._common import (
+    check_int,
+    check_positive,
+    check_updates,
+    finite_rows,
+    pairwise_sq_dists,
+    sq_norms,
+)
 from fedjax_attacks.aggregators.coordinatewise import median
 from fedjax_attacks.aggregators.registry import get, register
 from fedjax_attacks.aggregators.rules import mean

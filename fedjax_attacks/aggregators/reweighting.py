@@ -3,7 +3,6 @@ et al., 2021) and FLTrust (Cao et al., 2021). A non-finite row gets weight 0 (it
 """
 
 import jax.numpy as jnp
-from jax import lax
 
 from fedjax_attacks.aggregators._common import (
     check_int,
@@ -28,17 +27,21 @@ def geometric_median(num_iters: int = 8, smoothing: float = 0.1):
     def aggregate(updates, weights=None, **context):
         del context
         n, d = check_updates(updates, "geometric_median")
-        good = finite_rows(updates)
+        norms2 = sq_norms(updates)
+        good = jnp.isfinite(norms2)
         alpha = jnp.ones((n,), updates.dtype) if weights is None else jnp.asarray(weights, updates.dtype)
         alpha = jnp.where(good, alpha, 0)
 
-        def step(_, z):
-            dist = jnp.sqrt(jnp.maximum(sq_norms(jnp.where(good[:, None], updates - z, 0)), 0))
+        def step(z):
+            dist = _distances_to(updates, norms2, good, z)
             beta = alpha / jnp.maximum(nu, dist)
             beta = jnp.where(good & jnp.isfinite(beta), beta, 0)
             return weighted_row_sum(updates, beta / jnp.sum(beta), good)
 
-        return lax.fori_loop(0, num_iters, step, jnp.zeros((d,), updates.dtype))
+        z = jnp.zeros((d,), updates.dtype)
+        for _ in range(num_iters):  # a few static iterations: unrolled, XLA fuses them better than a while loop
+            z = step(z)
+        return z
 
     return aggregate
 
@@ -53,16 +56,19 @@ def centered_clipping(tau: float = 100.0, num_iters: int = 1):
     def aggregate(updates, previous_aggregate=None, **context):
         del context
         n, d = check_updates(updates, "centered_clipping")
-        good = finite_rows(updates)
+        norms2 = sq_norms(updates)
+        good = jnp.isfinite(norms2)
         v = jnp.zeros((d,), updates.dtype) if previous_aggregate is None else jnp.asarray(
             previous_aggregate, updates.dtype)
 
-        def step(_, v):
-            dist = jnp.sqrt(sq_norms(jnp.where(good[:, None], updates - v, 0)))
+        def step(v):
+            dist = _distances_to(updates, norms2, good, v)
             scale = jnp.where(good, jnp.minimum(1.0, tau / jnp.maximum(dist, 1e-30)), 0) / n
             return v + weighted_row_sum(updates, scale, good) - jnp.sum(scale) * v
 
-        return lax.fori_loop(0, num_iters, step, v)
+        for _ in range(num_iters):
+            v = step(v)
+        return v
 
     return aggregate
 
@@ -92,6 +98,13 @@ def fltrust():
         return weighted_row_sum(updates, coeff, ok)
 
     return aggregate
+
+
+def _distances_to(updates, norms2, good, z):
+    """``||x_i - z||`` as ``sqrt(||x_i||^2 - 2 <x_i, z> + ||z||^2)`` (one matrix-vector product; XLA's CPU row
+    reduction of ``x_i - z`` is about 5x slower); 0 for rows that are not ``good``."""
+    dist2 = jnp.where(good, norms2 - 2 * jnp.where(good, updates @ z, 0) + jnp.sum(z * z), 0)
+    return jnp.sqrt(jnp.maximum(dist2, 0))
 
 
 register("geometric_median", geometric_median)

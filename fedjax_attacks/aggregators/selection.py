@@ -70,8 +70,8 @@ def multi_krum(num_byzantine: int = 1, num_selected: int | None = None):
 def bulyan(num_byzantine: int = 1):
     """Bulyan: select ``theta = n - 2f`` updates by repeated Krum (each round removes the Krum winner of the rest,
     Krum's neighbour count ``max(n_rest - f - 2, 2)``: Krum is undefined once ``n_rest <= 2f + 2`` and with a single
-    neighbour the closest pair always ties, which would make the selection depend on the client order), then per coordinate average the ``beta = theta - 2f``
-    selected values closest to their median. Needs ``n >= 4f + 3``.
+    neighbour the closest pair always ties, which would make the selection depend on the client order), then per
+    coordinate average the ``beta = theta - 2f`` selected values closest to their median. Needs ``n >= 4f + 3``.
 
     Values tied at the cut-off distance from the median share the remaining slots equally (permutation invariant).
     """

@@ -19,7 +19,6 @@ actions or action dimension, and the action bounds.
 from typing import Any
 
 import chex
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct

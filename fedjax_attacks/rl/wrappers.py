@@ -158,4 +158,5 @@ class NormalizeObservation(Wrapper):
         info = dict(info)
         if "final_observation" in info:
             info["final_observation"] = normalize(moments, info["final_observation"], self.clip)
-        return normalize(moments, obs, self.clip), NormalizeState(env_state, moments), reward, terminated, truncated, info
+        obs = normalize(moments, obs, self.clip)
+        return obs, NormalizeState(env_state, moments), reward, terminated, truncated, info
