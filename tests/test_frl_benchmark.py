@@ -27,8 +27,20 @@ def test_benchmark_quick_writes_results_and_plots(tmp_path):
 
 
 @pytest.mark.slow
-def test_notebook_runs_top_to_bottom():
+def test_notebook_runs_and_large_noise_breaks_dec_page_pg_but_not_decbyzpg():
+    """The notebook top to bottom; its toy CartPole run (K = 5, f = 1, LargeNoise) doubles as the check that
+    LargeNoise stalls Dec-PAGE-PG and pulls its agents apart, while DecByzPG learns with agents in agreement."""
     nb = nbformat.read(os.path.join(ROOT, "notebooks", "decbyzpg.ipynb"), as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell(
+        "import json\n"
+        "print('METRICS', json.dumps({name: {'first': float(h['returns'][:, :10].mean()),\n"
+        "    'last': float(h['returns'][:, -10:].mean()), 'diameter': float(h['diameter'][:, -1].max())}\n"
+        "    for name, h in histories.items()}))"))
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": ROOT}}).execute()
     outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
-    assert "DecByzPG" in outputs and "after MDA" in outputs
+    assert "after MDA" in outputs
+    metrics = json.loads(outputs.split("METRICS", 1)[1].strip().splitlines()[0])
+    dec, robust = metrics["Dec-PAGE-PG"], metrics["DecByzPG"]
+    assert robust["diameter"] < 1e-3 < dec["diameter"]
+    assert robust["last"] > robust["first"] + 20 and robust["last"] > dec["last"] + 20
+    assert dec["last"] < 40  # the undefended federation does not learn

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from fedjax_attacks.aggregators._common import check_int, check_updates, sum_rows
 from fedjax_attacks.aggregators.registry import register
-from fedjax_attacks.aggregators.sorting import network_sort, order_statistic
+from fedjax_attacks.aggregators.sorting import nan_to_inf, network_sort, order_statistic
 
 # Up to this many clients, sorting all rows with the full network is one fused pass (measured fastest at n = 10);
 # above, the full network no longer fuses and two selection networks plus one clipped sum win (n = 100).
@@ -19,10 +19,9 @@ def median(updates, **context):
     """Coordinate-wise median ``med_i x_ij`` (mean of the two middle values for even ``n``, as ``np.median``)."""
     del context
     n, _ = check_updates(updates, "median")
-    x = _nan_to_inf(updates)
     if n % 2:
-        return order_statistic(x, n // 2)
-    return 0.5 * (order_statistic(x, n // 2 - 1) + order_statistic(x, n // 2))
+        return order_statistic(updates, n // 2)
+    return 0.5 * (order_statistic(updates, n // 2 - 1) + order_statistic(updates, n // 2))
 
 
 def trimmed_mean(num_trim: int = 1):
@@ -48,19 +47,15 @@ def trimmed_mean(num_trim: int = 1):
 def trimmed_mean_of(updates, num_trim: int):
     """Coordinate-wise mean of the values ranked ``num_trim .. n - 1 - num_trim`` (no validation)."""
     n = updates.shape[0]
-    x = _nan_to_inf(updates)
+    rows = [nan_to_inf(updates[i]) for i in range(n)]  # NaN/Inf rows are trimmed like +inf (fused, never stored)
     if num_trim == 0:
-        return sum_rows(x[i] for i in range(n)) / n
+        return sum_rows(rows) / n
     if n <= _FULL_SORT_MAX_N:
-        return sum_rows(network_sort(x[i] for i in range(n))[num_trim:n - num_trim]) / (n - 2 * num_trim)
-    lo = order_statistic(x, num_trim)
-    hi = order_statistic(x, n - 1 - num_trim)
-    total = sum_rows(jnp.clip(x[i], lo, hi) for i in range(n))
+        return sum_rows(network_sort(rows)[num_trim:n - num_trim]) / (n - 2 * num_trim)
+    lo = order_statistic(updates, num_trim)
+    hi = order_statistic(updates, n - 1 - num_trim)
+    total = sum_rows(jnp.clip(row, lo, hi) for row in rows)
     return (total - num_trim * (lo + hi)) / (n - 2 * num_trim)
-
-
-def _nan_to_inf(updates):
-    return jnp.where(jnp.isnan(updates), jnp.inf, updates)
 
 
 register("median", lambda: median)

@@ -3,6 +3,7 @@ et al., 2021) and FLTrust (Cao et al., 2021). A non-finite row gets weight 0 (it
 """
 
 import jax.numpy as jnp
+from jax import lax
 
 from fedjax_attacks.aggregators._common import (
     check_int,
@@ -38,10 +39,7 @@ def geometric_median(num_iters: int = 8, smoothing: float = 0.1):
             beta = jnp.where(good & jnp.isfinite(beta), beta, 0)
             return weighted_row_sum(updates, beta / jnp.sum(beta), good)
 
-        z = jnp.zeros((d,), updates.dtype)
-        for _ in range(num_iters):  # a few static iterations: unrolled, XLA fuses them better than a while loop
-            z = step(z)
-        return z
+        return lax.fori_loop(0, num_iters, lambda _, z: step(z), jnp.zeros((d,), updates.dtype))
 
     return aggregate
 
@@ -66,9 +64,7 @@ def centered_clipping(tau: float = 100.0, num_iters: int = 1):
             scale = jnp.where(good, jnp.minimum(1.0, tau / jnp.maximum(dist, 1e-30)), 0) / n
             return v + weighted_row_sum(updates, scale, good) - jnp.sum(scale) * v
 
-        for _ in range(num_iters):
-            v = step(v)
-        return v
+        return lax.fori_loop(0, num_iters, lambda _, v: step(v), v)
 
     return aggregate
 

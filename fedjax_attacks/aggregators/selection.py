@@ -84,7 +84,6 @@ def bulyan(num_byzantine: int = 1):
             raise ValueError(f"bulyan needs n >= 4f + 3, got n={n}, f={f}")
         theta, beta = n - 2 * f, n - 4 * f
         selected = updates[_repeated_krum(pairwise_sq_dists(updates), f, theta)]
-        selected = jnp.where(jnp.isnan(selected), jnp.inf, selected)
         med = order_statistic(selected, theta // 2)
         if theta % 2 == 0:
             med = 0.5 * (med + order_statistic(selected, theta // 2 - 1))
@@ -170,16 +169,20 @@ def _dnc_keep(sub, good, num_keep):
 
 
 def _repeated_krum(dists, f, theta):
+    """Indices of the ``theta`` rows picked one by one by Krum over the rows not yet picked. Each row's distances
+    are sorted once; a round sums, per row, the first ``k`` entries of its sorted row that are still in play."""
     n = dists.shape[0]
-    eye = jnp.eye(n, dtype=bool)
+    order_idx = jnp.argsort(jnp.where(jnp.eye(n, dtype=bool), jnp.inf, dists), axis=1)
+    sorted_dists = jnp.take_along_axis(dists, order_idx, axis=1)
 
     def step(t, state):
         removed, order = state
-        d = jnp.where(removed[:, None] | removed[None, :] | eye, jnp.inf, dists)
-        ranked = jnp.cumsum(jnp.sort(d, axis=1), axis=1)
+        alive = ~removed[order_idx] & (order_idx != jnp.arange(n)[:, None])
         k = jnp.maximum(n - t - f - 2, 2)
+        taken = alive & (jnp.cumsum(alive, axis=1) <= k)
+        scores = jnp.sum(jnp.where(taken, sorted_dists, 0), axis=1)
         # a remaining row far from all others (score inf) must still beat the removed ones
-        scores = jnp.where(removed, jnp.inf, jnp.minimum(ranked[:, k - 1], jnp.finfo(dists.dtype).max))
+        scores = jnp.where(removed, jnp.inf, jnp.minimum(scores, jnp.finfo(dists.dtype).max))
         winner = jnp.argmin(scores)
         return removed.at[winner].set(True), order.at[t].set(winner)
 

@@ -53,18 +53,23 @@ def network_sort(rows):
 def order_statistic(updates, position: int):
     """The ``position``-th smallest value (0-based) of every column of ``updates: f32[n, d]`` -> ``f32[d]``.
 
-    NaN entries must be replaced before (``jnp.minimum`` propagates NaN); ``+-inf`` sort correctly.
+    NaN counts as ``+inf`` (replaced tile by tile, in cache); ``+-inf`` sort correctly.
     """
     n, d = updates.shape
     if n <= _TILE_ABOVE_N:
-        return network_sort(updates[i] for i in range(n))[position]
+        return network_sort(nan_to_inf(updates[i]) for i in range(n))[position]
     num_tiles = max(2, -(-d // _TILE))
     width = -(-d // num_tiles)
 
     def body(t, out):
         start = jnp.minimum(t * width, d - width)  # the last tile overlaps its neighbour instead of padding
         tile = lax.dynamic_slice_in_dim(updates, start, width, axis=1)
-        value = network_sort(tile[i] for i in range(n))[position]
+        value = network_sort(nan_to_inf(tile[i]) for i in range(n))[position]
         return lax.dynamic_update_slice_in_dim(out, value, start, axis=0)
 
     return lax.fori_loop(0, num_tiles, body, jnp.zeros((d,), updates.dtype))
+
+
+def nan_to_inf(values):
+    """NaN -> ``+inf``: the farthest possible value, which comparators then order correctly."""
+    return jnp.where(jnp.isnan(values), jnp.inf, values)
