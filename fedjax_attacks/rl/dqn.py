@@ -8,7 +8,7 @@ BadRL-M ranks states with a trained Q-network.
 """
 
 import dataclasses
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Sequence
 
 import chex
 import jax
@@ -19,6 +19,7 @@ from flax.training.train_state import TrainState
 
 from fedjax_attacks.rl import env as env_lib
 from fedjax_attacks.rl import networks, replay, wrappers
+from fedjax_attacks.rl.replay import Transition
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,16 +61,6 @@ class DQNConfig:
             raise ValueError("buffer_size must be >= num_envs")
         if isinstance(self.exploration_fraction, (int, float)) and not 0.0 < self.exploration_fraction <= 1.0:
             raise ValueError(f"exploration_fraction must lie in (0, 1], got {self.exploration_fraction}")
-
-
-class Transition(NamedTuple):
-    """One stored transition: ``obs``, int ``action``, ``reward``, true ``next_obs``, ``terminated``."""
-
-    obs: chex.Array
-    action: chex.Array
-    reward: chex.Array
-    next_obs: chex.Array
-    terminated: chex.Array
 
 
 @struct.dataclass

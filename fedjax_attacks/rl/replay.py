@@ -1,11 +1,22 @@
 """Uniform replay buffer as a pytree ring buffer, usable inside ``lax.scan`` (TD3, DQN)."""
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
 from flax import struct
+
+
+class Transition(NamedTuple):
+    """One stored transition: ``obs``, ``action`` (int for DQN, unit-box float for TD3), ``reward``, the true
+    ``next_obs`` (before any auto-reset) and ``terminated``."""
+
+    obs: chex.Array
+    action: chex.Array
+    reward: chex.Array
+    next_obs: chex.Array
+    terminated: chex.Array
 
 
 @struct.dataclass

@@ -9,7 +9,7 @@ the unit box and are scaled to the environment's ``Box`` bounds, so arbitrary bo
 """
 
 import dataclasses
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Sequence
 
 import chex
 import jax
@@ -20,6 +20,7 @@ from flax.training.train_state import TrainState
 
 from fedjax_attacks.rl import env as env_lib
 from fedjax_attacks.rl import networks, replay, wrappers
+from fedjax_attacks.rl.replay import Transition
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,16 +62,6 @@ class TD3Config:
             raise ValueError("buffer_size must be >= num_envs")
         if isinstance(self.tau, (int, float)) and not 0.0 < self.tau <= 1.0:
             raise ValueError(f"tau must lie in (0, 1], got {self.tau}")
-
-
-class Transition(NamedTuple):
-    """One stored transition: ``obs``, unit-box ``action``, ``reward``, true ``next_obs``, ``terminated``."""
-
-    obs: chex.Array
-    action: chex.Array
-    reward: chex.Array
-    next_obs: chex.Array
-    terminated: chex.Array
 
 
 @struct.dataclass
