@@ -81,7 +81,7 @@ def time_torch(config, dataset, model_name, num_runs):
     return time.perf_counter() - start, np.asarray(accs)
 
 
-def synthetic_mnist(num_train=6000, num_test=1000, seed=0):
+def synthetic_mnist(num_train=60000, num_test=10000, seed=0):
     """Random 28x28x1 images with random labels: MNIST's shape for speed measurements when no files are given."""
     rng = np.random.default_rng(seed)
     x = rng.random((num_train + num_test, 28, 28, 1), dtype=np.float32)
