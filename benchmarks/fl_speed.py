@@ -93,7 +93,7 @@ def main(argv=None):
     p = parser("fl_speed", __doc__)
     p.add_argument("--rounds", type=int, default=1000)
     p.add_argument("--seeds", type=int, default=16)
-    p.add_argument("--cnn-rounds", type=int, default=50)
+    p.add_argument("--cnn-rounds", type=int, default=10)
     p.add_argument("--mnist-dir", default=None, help="folder with MNIST IDX files (else synthetic 28x28 data)")
     args = p.parse_args(argv)
     if args.quick:
