@@ -133,7 +133,7 @@ def main(argv=None):
     mnist = data.load("mnist", args.mnist_dir) if args.mnist_dir else synthetic_mnist()
     cnn = models.get("paper_cnn", 10, mnist.input_shape)
     cnn_config = dataclasses.replace(config, batch_size=32 if args.quick else 128, rounds=args.cnn_rounds,
-                                     eval_every=args.cnn_rounds, lr=0.01)
+                                     eval_every=args.cnn_rounds, lr=0.01, unroll=args.cnn_rounds)
     measure(f"{mnist.name} paper CNN, 1 run", cnn_config, mnist, cnn, "paper_cnn", 1, 1)
     results = {"config": dataclasses.asdict(config), "cnn_config": dataclasses.asdict(cnn_config),
                "have_torch": have_torch, "measurements": rows}

@@ -122,6 +122,7 @@ def test_mean_without_attack_reaches_90_percent_on_digits():
     ({"rounds": 10, "eval_every": 3}, "must divide"),
     ({"mode": "fedprox"}, "mode"),
     ({"local_steps": 2}, "local_steps"),
+    ({"unroll": 0}, "unroll"),
     ({"partition": "weird"}, "unknown partition"),
 ])
 def test_bad_config_raises_before_tracing(changes, match):
@@ -149,3 +150,10 @@ def test_attack_sweep_matches_separate_runs():
         expected = jax.jit(jax.vmap(fl.make_run(dataclasses.replace(config, attack=name, attack_hparams=hparams),
                                                 DIGITS, MLP)))(keys)[1]
         np.testing.assert_allclose(sweep(keys, jnp.int32(index)).test_loss, expected.test_loss, rtol=1e-5)
+
+
+def test_unrolled_rounds_give_the_same_run():
+    key = jax.random.PRNGKey(5)
+    rolled = jax.jit(fl.make_run(SMALL, DIGITS, MLP))(key)[0]
+    unrolled = jax.jit(fl.make_run(dataclasses.replace(SMALL, unroll=2), DIGITS, MLP))(key)[0]
+    np.testing.assert_allclose(unrolled, rolled, rtol=1e-5, atol=1e-6)

@@ -141,7 +141,8 @@ def make_simulation(config: FLConfig, dataset: Dataset, model: FlatModel) -> Sim
         return new_state, jnp.sum(malicious.astype(jnp.int32))
 
     def advance(state: FLState):
-        state, counts = jax.lax.scan(lambda s, _: round_step(s), state, None, length=config.eval_every)
+        state, counts = jax.lax.scan(lambda s, _: round_step(s), state, None, length=config.eval_every,
+                                     unroll=min(config.unroll, config.eval_every))
         logits = model.apply(state.params, data.x_test)
         record = History(state.round, accuracy(logits, data.y_test), cross_entropy(logits, data.y_test), counts[-1])
         return state, record
