@@ -19,8 +19,13 @@ from fedjax_attacks import data, fl, models
 
 
 def time_jax(config, dataset, model, num_seeds):
-    """(compile_s, run_s, final accuracy per seed) for ``num_seeds`` vmapped runs (one run if 1)."""
-    run = jax.jit(jax.vmap(fl.make_run(config, dataset, model)))
+    """(compile_s, run_s, final accuracy per seed) for ``num_seeds`` vmapped runs.
+
+    One seed runs unvmapped: vmapping a conv model over seeds batches its kernels, which XLA's CPU backend lowers
+    to a slow grouped convolution.
+    """
+    run = fl.make_run(config, dataset, model)
+    run = jax.jit(jax.vmap(run) if num_seeds > 1 else lambda keys: jax.tree.map(lambda a: a[None], run(keys[0])))
     keys = jax.random.split(jax.random.PRNGKey(0), num_seeds)
     start = time.perf_counter()
     jax.block_until_ready(run(keys))
