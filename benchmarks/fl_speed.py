@@ -24,8 +24,8 @@ def time_jax(config, dataset, model, num_seeds):
     One seed runs unvmapped: vmapping a conv model over seeds batches its kernels, which XLA's CPU backend lowers
     to a slow grouped convolution.
     """
-    run = fl.make_run(config, dataset, model)
-    run = jax.jit(jax.vmap(run) if num_seeds > 1 else lambda keys: jax.tree.map(lambda a: a[None], run(keys[0])))
+    single = fl.make_run(config, dataset, model)
+    run = jax.jit(jax.vmap(single) if num_seeds > 1 else lambda keys: jax.tree.map(lambda a: a[None], single(keys[0])))
     keys = jax.random.split(jax.random.PRNGKey(0), num_seeds)
     start = time.perf_counter()
     jax.block_until_ready(run(keys))
