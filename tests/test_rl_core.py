@@ -337,3 +337,16 @@ def test_td3_custom_env_with_arbitrary_bounds():
     action = td3.make_policy(cfg, env, params, out.learner.actor.params)(None, jnp.ones(2))
     assert np.all(action >= np.array([2.0, -1.0])) and np.all(action <= np.array([6.0, 0.0]))
     np.testing.assert_allclose(action, [5.0, -0.8], atol=0.3)
+
+
+@pytest.mark.parametrize("changes,match", [({"batch_size": 0}, "batch_size must be >= 1"),
+                                           ({"total_timesteps": 1, "num_envs": 4}, "total_timesteps"),
+                                           ({"buffer_size": 2, "num_envs": 4}, "buffer_size")])
+def test_off_policy_configs_share_validation(changes, match):
+    import dataclasses as dc
+
+    from fedjax_attacks.rl import dqn, td3
+
+    for config in (dqn.DQNConfig(), td3.TD3Config()):
+        with pytest.raises(ValueError, match=match):
+            dc.replace(config, **changes).validate()

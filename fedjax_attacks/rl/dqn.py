@@ -52,13 +52,7 @@ class DQNConfig:
 
     def validate(self) -> None:
         """Raises ``ValueError`` on inconsistent settings."""
-        for name in ("num_envs", "batch_size", "train_frequency", "target_network_frequency", "buffer_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_iterations < 1:
-            raise ValueError(f"total_timesteps={self.total_timesteps} < num_envs={self.num_envs}")
-        if self.buffer_size < self.num_envs:
-            raise ValueError("buffer_size must be >= num_envs")
+        replay.validate_off_policy(self, ("num_envs", "batch_size", "train_frequency", "target_network_frequency", "buffer_size"))
         if isinstance(self.exploration_fraction, (int, float)) and not 0.0 < self.exploration_fraction <= 1.0:
             raise ValueError(f"exploration_fraction must lie in (0, 1], got {self.exploration_fraction}")
 

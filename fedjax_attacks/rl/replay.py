@@ -19,6 +19,18 @@ class Transition(NamedTuple):
     terminated: chex.Array
 
 
+def validate_off_policy(config, positive: tuple) -> None:
+    """Checks shared by off-policy configs (DQN, TD3): the ``positive`` fields >= 1, at least one vectorized
+    step (``total_timesteps >= num_envs``) and a buffer holding one step of every env; ``ValueError`` otherwise."""
+    for name in positive:
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+    if config.total_timesteps // config.num_envs < 1:
+        raise ValueError(f"total_timesteps={config.total_timesteps} < num_envs={config.num_envs}")
+    if config.buffer_size < config.num_envs:
+        raise ValueError("buffer_size must be >= num_envs")
+
+
 @struct.dataclass
 class ReplayBuffer:
     """Ring buffer of transitions.
