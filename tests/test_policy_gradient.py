@@ -108,6 +108,31 @@ def test_page_pg_estimate_matches_definition(cartpole):
     np.testing.assert_allclose(np.asarray(same), np.asarray(v_prev), atol=1e-5)
 
 
+def test_page_pg_per_step_weights_match_loop(cartpole):
+    """``per_step``: sum_h w_{0:h} gamma^h r_h sum_{t <= h} grad log pi_prev(a_t|s_t), w_{0:h} a product of ratios."""
+    _, _, policy = cartpole
+    theta = policy.init(jax.random.PRNGKey(0))
+    theta_prev = theta + 0.05 * jax.random.normal(jax.random.PRNGKey(9), theta.shape)
+    v_prev = jax.random.normal(jax.random.PRNGKey(10), theta.shape)
+    lengths = [30, 4, 17]
+    traj = random_trajectories(jax.random.PRNGKey(11), policy, 30, 3, lengths)
+    got = pg.page_pg_estimate(policy, theta, theta_prev, v_prev, traj, GAMMA, "per_step")
+    grad_logp = jax.jit(jax.grad(lambda th, s, a: policy.log_prob(th, s[None], a[None])[0]))
+    p_now = np.exp(np.asarray(policy.log_prob(theta, traj.obs, traj.actions), np.float64))
+    p_prev = np.exp(np.asarray(policy.log_prob(theta_prev, traj.obs, traj.actions), np.float64))
+    corrected = np.zeros(policy.num_params)
+    for b, length in enumerate(lengths):
+        scores = np.cumsum([np.asarray(grad_logp(theta_prev, traj.obs[t, b], traj.actions[t, b]))
+                            for t in range(length)], axis=0)
+        for h in range(length):
+            w = np.prod(p_prev[: h + 1, b] / p_now[: h + 1, b])
+            corrected += w * GAMMA**h * float(traj.rewards[h, b]) * scores[h]
+    want = np.asarray(v_prev) + loop_estimate(policy, theta, traj, GAMMA, "gpomdp") - corrected / 3
+    np.testing.assert_allclose(np.asarray(got), want, rtol=2e-4, atol=2e-5)
+    with pytest.raises(ValueError, match="importance_weights"):
+        pg.page_pg_estimate(policy, theta, theta_prev, v_prev, traj, GAMMA, "bogus")
+
+
 def test_sample_trajectories_masks_and_returns(cartpole):
     env, params, policy = cartpole
     theta = policy.init(jax.random.PRNGKey(0))

@@ -3,13 +3,14 @@
 import dataclasses
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from fedjax_attacks import rl
-from fedjax_attacks.rl import dqn, ppo, td3
+from fedjax_attacks.rl import dqn, networks, ppo, td3
 
 
 def _first_last(returns, k):
@@ -95,3 +96,37 @@ def test_rl_speed_benchmark_quick(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["dqn"]["steps_per_s"] > 0 and np.isfinite(results["dqn"]["eval_return"])
     assert results["environment"]["devices"] and (tmp_path / "rl_speed.png").exists()
+
+
+def test_ppo_conv_network_on_minatar_trains_and_exports_a_policy():
+    env, params = rl.make("Breakout-MinAtar")
+    cfg = ppo.PPOConfig(total_timesteps=2 * 4 * 16, num_envs=4, num_steps=16, update_epochs=1, num_minibatches=2)
+    network = networks.ConvActorCritic(num_actions=3, discrete=True, channels=(8,), hidden=(32,))
+    out = jax.jit(ppo.make_train(cfg, env, params, network=network))(jax.random.key(0))
+    assert np.all(np.isfinite(np.asarray(out.metrics["loss"]))), out.metrics
+    trained = out.train_state.params
+    assert trained["params"]["Conv_0"]["kernel"].shape == (3, 3, 4, 8)
+    policy = ppo.make_policy(cfg, env, params, trained, network=network)
+    action = policy(jax.random.key(1), env.reset(jax.random.key(2), params)[0])
+    assert action.shape == () and 0 <= int(action) < 3
+    returns = jax.jit(lambda key: rl.evaluate_policy(key, policy, env, params, 2, 20))(jax.random.key(3))
+    assert returns.shape == (2,) and np.all(np.isfinite(np.asarray(returns)))
+
+
+class _ValueWithTrailingAxis(nn.Module):
+    @nn.compact
+    def __call__(self, obs):
+        dist, value = networks.ActorCritic(num_actions=2, discrete=True, hidden=(8,))(obs)
+        return dist, value[..., None]
+
+
+def test_ppo_uses_a_custom_network_and_rejects_one_that_does_not_fit_the_env():
+    env, params = rl.make("CartPole-v1")
+    cfg = ppo.PPOConfig(total_timesteps=4 * 16, num_envs=4, num_steps=16)
+    network = networks.ActorCritic(num_actions=2, discrete=True, hidden=(8,))
+    trained = jax.jit(ppo.make_train(cfg, env, params, network=network))(jax.random.key(0)).train_state.params
+    assert trained["params"]["MLP_0"]["Dense_0"]["kernel"].shape == (4, 8)
+    for bad in (networks.ActorCritic(num_actions=3, discrete=True, hidden=(8,)),
+                networks.ActorCritic(num_actions=2, discrete=False, hidden=(8,)), _ValueWithTrailingAxis()):
+        with pytest.raises(ValueError, match="network must map"):
+            ppo.make_train(cfg, env, params, network=bad)

@@ -53,7 +53,8 @@ def make_byzpg(config: common.Config, env=None, env_params=None) -> Algorithm:
         def small(_):
             traj = pg.sample_trajectories(k_sample, policy, state.theta, env, env_params,
                                           num_episodes=config.small_batch, horizon=config.horizon)
-            v = pg.page_pg_estimate(policy, state.theta, state.theta_prev, state.v, traj, config.gamma)
+            v = pg.page_pg_estimate(policy, state.theta, state.theta_prev, state.v, traj, config.gamma,
+                                     config.importance_weights)
             return v, jnp.mean(pg.episode_returns(traj))
 
         v, returns = jax.lax.cond(switch, large, small, None)

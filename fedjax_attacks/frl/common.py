@@ -40,6 +40,8 @@ class Config:
         of rounds; 0 means ``ceil(log2 K)``.
       large_batch, small_batch, switch_prob: ``N``, ``B``, ``p``.
       learning_rate, gamma, horizon: Adam step size ``eta``, discount ``gamma``, trajectory horizon ``H``.
+      importance_weights: PAGE-PG's ``g_B^w`` estimator, ``"trajectory"`` or ``"per_step"``
+        (``fedjax_attacks.rl.policy_gradient.page_pg_estimate``).
       hidden, activation, output_activation: the MLP policy.
       noise_scale: LargeNoise sends ``U[-noise_scale, noise_scale]``.
     """
@@ -58,6 +60,7 @@ class Config:
     small_batch: int = 4
     switch_prob: float = 0.2
     learning_rate: float = 5e-4
+    importance_weights: str = "trajectory"
     gamma: float = 0.999
     horizon: int = 500
     hidden: tuple = (16, 16)
@@ -101,6 +104,9 @@ def validate(config: Config, centralized: bool) -> None:
         raise ValueError(f"gamma must be in (0, 1], got {config.gamma}")
     if config.learning_rate <= 0:
         raise ValueError(f"learning_rate must be > 0, got {config.learning_rate}")
+    if config.importance_weights not in pg.IMPORTANCE_WEIGHTS:
+        raise ValueError(f"importance_weights must be one of {pg.IMPORTANCE_WEIGHTS}, "
+                         f"got {config.importance_weights!r}")
     if config.bucket_size < 1:
         raise ValueError(f"bucket_size must be >= 1, got {config.bucket_size}")
     if not centralized:
@@ -168,7 +174,7 @@ def page_steps(keys, policy, thetas, thetas_prev, v_prev, random_actions, env, e
     def one(key, theta, theta_prev, v, random):
         traj = pg.sample_trajectories(key, policy, theta, env, env_params, num_episodes=config.small_batch,
                                       horizon=config.horizon, random_actions=random)
-        v_new = pg.page_pg_estimate(policy, theta, theta_prev, v, traj, config.gamma)
+        v_new = pg.page_pg_estimate(policy, theta, theta_prev, v, traj, config.gamma, config.importance_weights)
         return v_new, jnp.mean(pg.episode_returns(traj))
 
     return jax.vmap(one, in_axes=(0, 0, 0, 0, _axis(random_actions)))(keys, thetas, thetas_prev, v_prev,

@@ -87,6 +87,16 @@ def _dense(features: int, scale: float) -> nn.Dense:
     return nn.Dense(features, kernel_init=nn.initializers.orthogonal(scale), bias_init=nn.initializers.zeros)
 
 
+def _policy_head(module: nn.Module, h: chex.Array, num_actions: int, discrete: bool):
+    """Actor output layer of ``module``: ``Categorical`` logits, or a unit-box ``DiagGaussian`` whose
+    state-independent ``log_std`` parameter starts at 0."""
+    out = _dense(num_actions, 0.01)(h)
+    if discrete:
+        return Categorical(out)
+    log_std = module.param("log_std", nn.initializers.zeros, (num_actions,))
+    return DiagGaussian(out, jnp.broadcast_to(log_std, out.shape))
+
+
 class MLP(nn.Module):
     """Hidden layers with orthogonal initialization and the given activation (vector observations)."""
 
@@ -115,15 +125,37 @@ class ActorCritic(nn.Module):
 
     @nn.compact
     def __call__(self, obs):
-        h = MLP(self.hidden, self.activation)(obs)
-        out = _dense(self.num_actions, 0.01)(h)
-        if self.discrete:
-            dist = Categorical(out)
-        else:
-            log_std = self.param("log_std", nn.initializers.zeros, (self.num_actions,))
-            dist = DiagGaussian(out, jnp.broadcast_to(log_std, out.shape))
+        dist = _policy_head(self, MLP(self.hidden, self.activation)(obs), self.num_actions, self.discrete)
         value = _dense(1, 1.0)(MLP(self.hidden, self.activation)(obs))[..., 0]
         return dist, value
+
+
+class ConvActorCritic(nn.Module):
+    """Conv torso shared by actor and critic heads, for image observations ``[..., H, W, C]``.
+
+    For gymnax MinAtar (``Breakout-MinAtar``: 10x10xC) and stacked Atari-style frames in SleeperNets. The torso
+    follows MinAtar's networks: one ``kernel x kernel`` convolution per entry of ``channels`` (stride 1,
+    ``'VALID'`` padding), flattened, then ``hidden`` dense layers; observations are cast to float32 and any
+    number of leading batch axes works. Heads as in ``ActorCritic``.
+    """
+
+    num_actions: int
+    discrete: bool
+    channels: Sequence[int] = (16, 32)
+    kernel: int = 3
+    hidden: Sequence[int] = (256,)
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, obs):
+        batch_shape = obs.shape[:-3]
+        x = obs.reshape((-1,) + obs.shape[-3:]).astype(jnp.float32)
+        for features in self.channels:
+            conv = nn.Conv(features, (self.kernel, self.kernel), padding="VALID",
+                           kernel_init=nn.initializers.orthogonal(np.sqrt(2)), bias_init=nn.initializers.zeros)
+            x = activation(self.activation)(conv(x))
+        h = MLP(self.hidden, self.activation)(x.reshape(batch_shape + (-1,)))
+        return _policy_head(self, h, self.num_actions, self.discrete), _dense(1, 1.0)(h)[..., 0]
 
 
 class QNetwork(nn.Module):

@@ -290,22 +290,59 @@ def reinforce(policy: Policy, theta, traj: Trajectories, gamma: float) -> jax.Ar
     return score_gradient(policy, theta, traj, coef)
 
 
-def page_pg_estimate(policy: Policy, theta, theta_prev, v_prev, traj: Trajectories, gamma: float) -> jax.Array:
+def per_step_log_ratios(policy: Policy, theta, theta_prev, traj: Trajectories) -> jax.Array:
+    """``log pi_{theta_prev}(a_t|s_t) - log pi_theta(a_t|s_t)`` at every live step, f32[H, B] (0 elsewhere)."""
+    horizon, num_episodes = traj.mask.shape
+    steps = jnp.broadcast_to(jnp.arange(horizon)[:, None], traj.mask.shape)
+
+    def block(obs, actions, mask, t):  # padded steps have t = 0 and mask = 0: they add nothing
+        diff = mask * (policy.log_prob(theta_prev, obs, actions) - policy.log_prob(theta, obs, actions))
+        return jnp.zeros((horizon, num_episodes)).at[t[:, 0]].add(diff)
+
+    return reduce_live_blocks(block, traj, steps, jnp.zeros((horizon, num_episodes)))
+
+
+IMPORTANCE_WEIGHTS = ("trajectory", "per_step")
+
+
+def page_pg_estimate(policy: Policy, theta, theta_prev, v_prev, traj: Trajectories, gamma: float,
+                     importance_weights: str = "trajectory") -> jax.Array:
     """PAGE-PG small-batch step ``v_t = v_{t-1} + g_B(theta_t) - g_B^w(theta_{t-1})``, f32[d].
 
-    ``traj`` is sampled at ``theta_t = theta``; ``g_B^w(theta_{t-1}) = 1/B sum_tau w(tau) g(tau | theta_{t-1})``
-    with ``w`` from ``log_importance_weights``, exponentiated only at the end. Both GPOMDP terms are taken in
-    one pass over the live blocks.
-    """
-    weights = jnp.exp(log_importance_weights(policy, theta, theta_prev, traj))
-    coef = discounted_rewards_to_go(traj.rewards, gamma) / traj.mask.shape[1]
+    ``traj`` is sampled at ``theta_t = theta``. ``importance_weights`` picks the estimator of
+    ``g_B^w(theta_{t-1})``, both unbiased for ``g(theta_{t-1})``:
 
-    def block(obs, actions, mask, c):
+    * ``"trajectory"``: ``1/B sum_tau w(tau) g(tau | theta_{t-1})`` with the whole-trajectory weight
+      ``w(tau)`` of ``log_importance_weights`` (PAGE-PG's Eq. (5); ByzPG's App. A.1);
+    * ``"per_step"``: GPOMDP with truncated weights, ``1/B sum_tau sum_h w_{0:h} gamma^h r_h
+      sum_{t <= h} grad log pi_{theta_{t-1}}(a_t|s_t)`` with ``w_{0:h} = prod_{t <= h} pi_{t-1}(a_t|s_t) /
+      pi_t(a_t|s_t)`` (Xu et al., 2020, SRVR-PG): each reward is weighted only by the actions that led to it,
+      which keeps the variance bounded on long episodes.
+
+    Weights are exponentiated from log space only at the end. Both GPOMDP terms are taken in one pass over
+    the live blocks.
+    """
+    if importance_weights not in IMPORTANCE_WEIGHTS:
+        raise ValueError(f"importance_weights must be one of {IMPORTANCE_WEIGHTS}, got {importance_weights!r}")
+    num_episodes = traj.mask.shape[1]
+    coef_now = discounted_rewards_to_go(traj.rewards, gamma) / num_episodes
+    if importance_weights == "trajectory":
+        coef_prev = coef_now * jnp.exp(log_importance_weights(policy, theta, theta_prev, traj))
+    else:
+        step_weights = jnp.exp(jnp.cumsum(per_step_log_ratios(policy, theta, theta_prev, traj), axis=0))
+        discounts = gamma ** jnp.arange(traj.rewards.shape[0], dtype=jnp.float32)[:, None]
+        weighted = step_weights * discounts * traj.rewards / num_episodes
+        coef_prev = jnp.flip(jnp.cumsum(jnp.flip(weighted, 0), axis=0), 0)
+
+    def block(obs, actions, mask, coefs):
+        c_now, c_prev = coefs
+
         def surrogate(th, th_prev):  # separable: d/d th gives g(theta), d/d th_prev gives g^w(theta_prev)
-            now = jnp.sum(mask * c * policy.log_prob(th, obs, actions))
-            return now + jnp.sum(mask * c * weights * policy.log_prob(th_prev, obs, actions))
+            now = jnp.sum(mask * c_now * policy.log_prob(th, obs, actions))
+            return now + jnp.sum(mask * c_prev * policy.log_prob(th_prev, obs, actions))
 
         g_now, g_before = jax.grad(surrogate, argnums=(0, 1))(theta, theta_prev)
         return g_now - g_before
 
-    return v_prev + reduce_live_blocks(block, traj, jax.lax.stop_gradient(coef), jnp.zeros_like(theta))
+    coefs = jax.lax.stop_gradient((coef_now, coef_prev))
+    return v_prev + reduce_live_blocks(block, traj, coefs, jnp.zeros_like(theta))

@@ -1,10 +1,12 @@
 """Proximal policy optimization (Schulman et al. 2017) as one jitted function, with poisoning hooks.
 
-``make_train(config, env, env_params, poison=..., rollout_hook=...) -> train(key) -> TrainOutput`` follows
-PureJaxRL: ``num_envs`` vectorized environments, ``num_steps`` per rollout, GAE, ``update_epochs`` epochs of
-``num_minibatches`` clipped-objective minibatch updates, all inside one ``lax.scan``; ``jax.vmap(train)(keys)``
+``make_train(config, env, env_params, poison=..., rollout_hook=..., network=None) -> train(key) -> TrainOutput``
+follows PureJaxRL: ``num_envs`` vectorized environments, ``num_steps`` per rollout, GAE, ``update_epochs`` epochs
+of ``num_minibatches`` clipped-objective minibatch updates, all inside one ``lax.scan``; ``jax.vmap(train)(keys)``
 trains many seeds at once. Discrete (``Categorical``) and continuous (``DiagGaussian`` in the unit box, scaled to
-the ``Box`` bounds) action spaces both work.
+the ``Box`` bounds) action spaces both work. The network is pluggable: ``network`` is any flax module
+``obs[..., *obs_shape] -> (distribution, value)`` (e.g. ``networks.ConvActorCritic`` for image observations);
+``None`` is the MLP ``ActorCritic`` of ``make_network``.
 
 Poisoning hooks (SleeperNets, TrojDRL-W, BadRL-M); the defaults are identities that trace to nothing:
 
@@ -24,6 +26,7 @@ import dataclasses
 from typing import Any, Callable, NamedTuple, Sequence
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -205,7 +208,8 @@ def make_env(config: PPOConfig, env):
 
 
 def make_train(config: PPOConfig, env, env_params, poison: Callable = no_poison,
-               rollout_hook: RolloutHook = IDENTITY_HOOK) -> Callable[[chex.PRNGKey], TrainOutput]:
+               rollout_hook: RolloutHook = IDENTITY_HOOK,
+               network: nn.Module | None = None) -> Callable[[chex.PRNGKey], TrainOutput]:
     """Builds ``train(key) -> TrainOutput``: a whole PPO run as one jittable, vmappable function.
 
     Args:
@@ -214,13 +218,19 @@ def make_train(config: PPOConfig, env, env_params, poison: Callable = no_poison,
         wrapped here with ``LogWrapper`` and ``VecEnv`` (and ``NormalizeObservation`` if configured).
       poison: outer-loop ``poison(batch, train_state, key) -> batch`` (default: identity).
       rollout_hook: inner-loop ``RolloutHook`` (default: identity).
+      network: flax module mapping observations ``[..., *obs_shape]`` (any leading batch axes) to
+        ``(distribution, value)``: a ``networks.Categorical`` with logits ``[..., num_actions]`` (discrete) or a
+        ``networks.DiagGaussian`` in the unit box with mean and log_std ``[..., action_dim]`` (continuous), and
+        ``value`` f32[...]; e.g. ``networks.ConvActorCritic`` for image observations. ``None``: the MLP
+        ``make_network(config, spec)`` (``config.hidden`` and ``config.activation`` only apply to it).
 
     Raises:
-      ValueError: on an invalid config or an unsupported action space.
+      ValueError: on an invalid config, an unsupported action space, or a ``network`` whose output does not
+        fit the environment (checked with ``jax.eval_shape``, nothing is computed).
     """
     config.validate()
     spec = env_lib.spec(env, env_params)
-    network = make_network(config, spec)
+    network = _checked_network(config, spec, network)
     venv = make_env(config, env)
     to_env_action = _action_mapper(spec)
     num_updates = config.num_updates
@@ -297,14 +307,16 @@ def make_train(config: PPOConfig, env, env_params, poison: Callable = no_poison,
 
 
 def make_policy(config: PPOConfig, env, env_params, params, obs_moments: wrappers.RunningMoments | None = None,
-                deterministic: bool = True) -> Callable[[chex.PRNGKey, chex.Array], chex.Array]:
+                deterministic: bool = True,
+                network: nn.Module | None = None) -> Callable[[chex.PRNGKey, chex.Array], chex.Array]:
     """Exported policy ``policy(key, obs) -> env_action`` from trained ``params`` (for ``evaluate``).
 
     ``obs_moments``: the observation moments of a run with ``normalize_observations`` (from
-    ``TrainOutput.env_state.moments``); ``deterministic`` uses the distribution's mode instead of sampling.
+    ``TrainOutput.env_state.moments``); ``deterministic`` uses the distribution's mode instead of sampling;
+    ``network``: the one ``make_train`` trained ``params`` with (``None``: ``make_network``).
     """
     spec = env_lib.spec(env, env_params)
-    network = make_network(config, spec)
+    network = _checked_network(config, spec, network)
     to_env_action = _action_mapper(spec)
 
     def policy(key, obs):
@@ -316,12 +328,32 @@ def make_policy(config: PPOConfig, env, env_params, params, obs_moments: wrapper
     return policy
 
 
+def _shapes(tree):
+    """``tree`` with every leaf replaced by its ``(shape, dtype)``."""
+    return jax.tree.map(lambda x: (jnp.shape(x), jnp.result_type(x)), tree)
+
+
+def _checked_network(config: PPOConfig, spec: env_lib.EnvSpec, network: nn.Module | None) -> nn.Module:
+    """``network``, or ``make_network`` if None, after checking its output on ``[num_envs, *obs_shape]``."""
+    if network is None:
+        return make_network(config, spec)
+    obs = jax.ShapeDtypeStruct((config.num_envs, *spec.obs_shape), jnp.float32)
+    got = _shapes(jax.eval_shape(network.init_with_output, jax.random.key(0), obs)[0])
+    f32 = jnp.dtype(jnp.float32)
+    head = ((config.num_envs, spec.num_actions), f32)
+    want = (networks.Categorical(head) if spec.discrete else networks.DiagGaussian(head, head),
+            ((config.num_envs,), f32))
+    if got != want:
+        raise ValueError(f"network must map observations of shape {obs.shape} to (distribution, value) with "
+                         f"(shape, dtype) leaves {want}, got {got}")
+    return network
+
+
 def _check_poisoned(batch: Batch, poisoned: Batch) -> Batch:
     """Returns ``poisoned`` after checking (at trace time) that it has the rollout's structure and shapes."""
-    shapes = lambda b: jax.tree.map(lambda x: (jnp.shape(x), jnp.result_type(x)), b)
-    if not isinstance(poisoned, Batch) or shapes(poisoned) != shapes(batch):
-        raise ValueError(f"poison must return a Batch with the rollout's shapes and dtypes {shapes(batch)}, "
-                         f"got {shapes(poisoned) if isinstance(poisoned, Batch) else type(poisoned)}")
+    if not isinstance(poisoned, Batch) or _shapes(poisoned) != _shapes(batch):
+        raise ValueError(f"poison must return a Batch with the rollout's shapes and dtypes {_shapes(batch)}, "
+                         f"got {_shapes(poisoned) if isinstance(poisoned, Batch) else type(poisoned)}")
     return poisoned
 
 
