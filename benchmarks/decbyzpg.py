@@ -3,8 +3,8 @@
 For each environment (CartPole-v1; Acrobot-v1 stands in for LunarLander, which has no JAX version) and each
 algorithm (``dec`` = DecByzPG against Dec-PAGE-PG, ``byz`` = ByzPG against Fed-PAGE-PG):
 
-1. speed-up without Byzantines: plain averaging with K in {1, 5, 13} (K = 1 is PAGE-PG) and the robust method
-   with K = 13;
+1. speed-up without Byzantines: the robust method with K in {1, 5, 13} (K = 1 is PAGE-PG), and plain averaging
+   with K = 13 as the unattacked reference;
 2. K = 13, f = 3 under RandomAction, LargeNoise and AvgZero: the robust method against plain averaging, with
    PAGE-PG (K = 1) as reference.
 
@@ -71,11 +71,11 @@ def variants(args, preset, algorithm):
     plain = dict(aggregator="mean", agreement="none")
     out = {}
     figures = args.figures.split(",")
-    if "speedup" in figures:
+    if "speedup" in figures:  # the paper's Fig. 1 / Fig. 4: the robust method itself at every K
         for k in sizes:
-            out["PAGE-PG (K=1)" if k == 1 else f"{plain_name} K={k}"] = dataclasses.replace(
-                preset, num_agents=k, **plain)
-        out[f"{robust_name} K={big}"] = dataclasses.replace(preset, num_agents=big, **robust)
+            out["PAGE-PG (K=1)" if k == 1 else f"{robust_name} K={k}"] = dataclasses.replace(
+                preset, num_agents=k, **robust)
+        out[f"{plain_name} K={big}"] = dataclasses.replace(preset, num_agents=big, **plain)
     for behaviour in (args.behaviours.split(",") if "attacks" in figures else []):
         attacked = dict(num_agents=big, num_byzantine=args.num_byzantine, behaviour=behaviour)
         out[f"{plain_name} K={big} {behaviour}"] = dataclasses.replace(preset, **attacked, **plain)

@@ -88,6 +88,17 @@ def spec(env: environment.Environment, params: Any) -> EnvSpec:
     raise ValueError(f"unsupported action space {space!r}: need Discrete or Box")
 
 
+def step_without_reset(env: environment.Environment, key, state, action, params):
+    """One transition with no auto-reset: ``(obs, state, reward, terminated, truncated)``.
+
+    For rollouts that mask every step after an episode ends (policy-gradient batches): it skips the reset
+    that ``env.step`` computes (and discards) on every step. ``env`` must implement gymnax's
+    ``step_env``/``is_truncated``, as every environment of ``make`` does.
+    """
+    obs, state, reward, terminated, _ = env.step_env(key, state, action, params)
+    return obs, state, reward, terminated, env.is_truncated(state, params)
+
+
 @struct.dataclass
 class BraxParams:
     """Parameters of a wrapped brax environment: the episode time limit."""

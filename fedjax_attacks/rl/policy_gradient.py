@@ -26,6 +26,8 @@ from flax import struct
 from gymnax.environments import spaces
 from jax.flatten_util import ravel_pytree
 
+from fedjax_attacks.rl import env as rl_env
+
 CHUNK = 25  # steps per rollout block and per gradient block
 ACTIVATIONS = {"relu": nn.relu, "tanh": jnp.tanh, "identity": lambda x: x}
 
@@ -195,10 +197,14 @@ def sample_trajectories(key, policy: Policy, theta, env, env_params, *, num_epis
             uniform = jax.vmap(space.sample)(jax.random.split(k_rand, num_episodes)).astype(action.dtype)
             action = jnp.where(random_actions, uniform, action)
         env_action = jnp.clip(action, space.low, space.high) if clip else action
-        next_obs, state, reward, terminated, truncated, _ = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
-            jax.random.split(k_env, num_episodes), state, env_action, env_params)
+        next_obs, next_state, reward, terminated, truncated = jax.vmap(
+            lambda k, s, a: rl_env.step_without_reset(env, k, s, a, env_params))(
+            jax.random.split(k_env, num_episodes), state, env_action)
         live = (alive & (t < horizon)).astype(jnp.float32)
         out = Trajectories(obs.astype(jnp.float32), action, live * reward.astype(jnp.float32), live)
+        # finished episodes stay at their last state (no reset is computed, and nothing steps past the end)
+        keep = lambda new, old: jnp.where(alive.reshape(-1, *([1] * (new.ndim - 1))), new, old)
+        state, next_obs = jax.tree.map(keep, (next_state, next_obs), (state, obs))
         return (key, state, next_obs, alive & ~(terminated | truncated)), out
 
     def cond(carry):
@@ -228,7 +234,7 @@ def discounted_rewards_to_go(rewards, gamma: float) -> jax.Array:
     return jnp.flip(jnp.cumsum(jnp.flip(weighted, 0), axis=0), 0)
 
 
-def reduce_live_blocks(fn, traj: Trajectories, extra, zero, chunk: int = CHUNK):
+def reduce_live_blocks(fn, traj: Trajectories, extra, zero, chunk: int = 5):
     """``sum_c fn(block_c)`` over blocks of ``chunk`` steps of ``(obs, actions, mask, extra)`` ([H, B, ...]).
 
     Stops at the first block in which every episode has ended (masks only go from 1 to 0), so short episodes
