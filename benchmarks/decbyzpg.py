@@ -52,6 +52,9 @@ def parse_args(argv=None):
     p.add_argument("--large-batch", type=int, default=0, help="override N (0 = keep)")
     p.add_argument("--learning-rate", type=float, default=0.0, help="override the Adam step size (0 = keep)")
     p.add_argument("--chunk", type=int, default=16, help="iterations per jitted call")
+    p.add_argument("--paper-dec-baseline", action="store_true",
+                   help="Dec-PAGE-PG exactly as Algorithm 2 with averaging (small-batch steps stay local) instead "
+                        "of the authors' code (small-batch estimates averaged too)")
     args = p.parse_args(argv)
     if args.quick:
         args.envs, args.algorithms, args.behaviours = "CartPole-v1", "dec", "large_noise"
@@ -69,6 +72,8 @@ def variants(args, preset, algorithm):
                   aggregator_hparams=(("num_iters", 8), ("smoothing", 0.1)) if args.aggregator in
                   ("geometric_median", "rfa") else ())
     plain = dict(aggregator="mean", agreement="none")
+    if algorithm == "dec":  # Dec-PAGE-PG as in the authors' code: agents also average small-batch estimates
+        plain["aggregate_every_iteration"] = not args.paper_dec_baseline
     out = {}
     figures = args.figures.split(",")
     if "speedup" in figures:  # the paper's Fig. 1 / Fig. 4: the robust method itself at every K

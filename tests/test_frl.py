@@ -98,6 +98,21 @@ def test_avg_zero_cancels_plain_averaging(make):
     assert float(jnp.abs(attacked.v).max()) < 1e-4  # honest GPOMDP entries here are O(1) to O(10)
 
 
+def test_aggregating_every_iteration_keeps_plain_averaging_agents_in_step():
+    """Dec-PAGE-PG (mean, no agreement): the paper's algorithm lets honest agents drift apart on their local
+    small-batch steps; the reference code's aggregation on every iteration keeps them identical."""
+    switches = np.array([True, False, False, True, False, False])
+    diameters = {}
+    for every in (False, True):
+        config = dataclasses.replace(TOY, num_agents=3, aggregate_every_iteration=every)
+        _, history = jax.jit(frl.make_decbyzpg(config).run)(jax.random.PRNGKey(2), switches)
+        diameters[every] = np.asarray(history["diameter"])
+    assert diameters[False][0] == 0.0 and diameters[False][-1] > 1e-3
+    np.testing.assert_allclose(diameters[True], 0.0, atol=1e-6)
+    with pytest.raises(ValueError, match="aggregate_every_iteration"):
+        frl.make_byzpg(dataclasses.replace(TOY, num_agents=3, aggregate_every_iteration=True))
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="num_byzantine"):
         frl.make_decbyzpg(dataclasses.replace(TOY, num_agents=3, num_byzantine=3, behaviour="large_noise"))

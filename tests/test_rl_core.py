@@ -47,6 +47,22 @@ def test_brax_adapter_steps():
     np.testing.assert_array_equal(times, [1, 2, 0, 1])
 
 
+def test_step_without_reset_matches_step_until_the_episode_ends():
+    env, params = rl.make("CartPole-v1")
+    params = params.replace(max_steps_in_episode=3)
+    obs, state = env.reset(jax.random.key(0), params)
+    for t in range(3):
+        key = jax.random.key(t + 1)
+        obs_a, state_a, reward_a, term_a, trunc_a, info = env.step(key, state, 1, params)
+        obs_b, state_b, reward_b, term_b, trunc_b = rl.env.step_without_reset(env, key, state, 1, params)
+        np.testing.assert_allclose(obs_b, info["final_observation"])
+        assert (float(reward_a), bool(term_a), bool(trunc_a)) == (float(reward_b), bool(term_b), bool(trunc_b))
+        if t < 2:  # inside the episode both agree; at the time limit only env.step resets
+            np.testing.assert_allclose(obs_a, obs_b)
+        state = state_b
+    assert bool(trunc_b) and int(state_b.time) == 3 and int(state_a.time) == 0
+
+
 def test_vec_env_matches_loop():
     env, params = rl.make("CartPole-v1")
     venv = wrappers.VecEnv(env, 3)

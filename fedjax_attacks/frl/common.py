@@ -43,6 +43,8 @@ class Config:
       learning_rate, gamma, horizon: Adam step size ``eta``, discount ``gamma``, trajectory horizon ``H``.
       importance_weights: PAGE-PG's ``g_B^w`` estimator, ``"trajectory"`` or ``"per_step"``
         (``fedjax_attacks.rl.policy_gradient.page_pg_estimate``).
+      aggregate_every_iteration: DecByzPG only: also aggregate the small-batch estimates, as the authors' code
+        does (``fedjax_attacks.frl.decbyzpg``); False is Algorithm 2.
       hidden, activation, output_activation: the MLP policy.
       noise_scale: LargeNoise sends ``U[-noise_scale, noise_scale]``.
     """
@@ -62,6 +64,7 @@ class Config:
     switch_prob: float = 0.2
     learning_rate: float = 5e-3
     importance_weights: str = "trajectory"
+    aggregate_every_iteration: bool = False
     gamma: float = 0.999
     horizon: int = 500
     hidden: tuple = (16, 16)
@@ -110,6 +113,9 @@ def validate(config: Config, centralized: bool) -> None:
                          f"got {config.importance_weights!r}")
     if config.bucket_size < 1:
         raise ValueError(f"bucket_size must be >= 1, got {config.bucket_size}")
+    if centralized and config.aggregate_every_iteration:
+        raise ValueError("aggregate_every_iteration is a DecByzPG option: ByzPG's small batches are sampled at "
+                         "the server")
     if not centralized:
         agr.check_rule(config.agreement, config.num_agents, config.num_byzantine)
 

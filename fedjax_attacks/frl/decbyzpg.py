@@ -12,9 +12,11 @@ then ``theta~^(i) = theta_t^(i) + Adam(v_t^(i))`` (ascent) and ``theta_{t+1} = A
 for ``O(log K)`` rounds, ``fedjax_attacks.frl.agreement``).
 
 Baselines from the same function: PAGE-PG is ``K = 1``; Dec-PAGE-PG is ``aggregator="mean", agreement="none"``.
-The reference code also aggregates on small-batch iterations and keeps each agent's unaggregated estimate as
-``v_{t-1}``; this follows the paper's algorithm (aggregation only on large batches, recursion on the
-aggregate ``v_{t-1}^(i)``).
+By default this follows the paper's algorithm (aggregation only on large batches, recursion on the aggregate
+``v_{t-1}^(i)``). ``Config.aggregate_every_iteration`` is the reference code's variant: the agents also broadcast
+their small-batch estimates, step along the aggregate of what they received, and keep their own unaggregated
+estimate as ``v_{t-1}``. Without an agreement step (Dec-PAGE-PG) that variant is what keeps the honest agents
+in step: in the paper's algorithm they drift apart on the local small-batch steps.
 """
 
 from typing import Any, Callable, NamedTuple
@@ -84,17 +86,24 @@ def make_decbyzpg(config: common.Config, env=None, env_params=None) -> Algorithm
         sample_keys = jax.random.split(k_sample, K)
 
         def large(_):
-            grads, returns = common.batch_gradients(sample_keys, policy, state.theta, random_actions, env,
-                                                    env_params, config, config.large_batch)
-            messages = byz.broadcast(k_msg, config.behaviour, grads, byzantine, config.noise_scale)
-            return jax.vmap(aggregate)(messages, jax.random.split(k_agg, K)), returns
+            return common.batch_gradients(sample_keys, policy, state.theta, random_actions, env, env_params,
+                                          config, config.large_batch)
 
         def small(_):
             return common.page_steps(sample_keys, policy, state.theta, state.theta_prev, state.v, random_actions,
                                      env, env_params, config)
 
-        v, returns = jax.lax.cond(switch, large, small, None)
-        updates, opt_state = jax.vmap(optimizer.update)(-v, state.opt_state, state.theta)
+        def communicate(own):
+            messages = byz.broadcast(k_msg, config.behaviour, own, byzantine, config.noise_scale)
+            return jax.vmap(aggregate)(messages, jax.random.split(k_agg, K))
+
+        own, returns = jax.lax.cond(switch, large, small, None)
+        if config.aggregate_every_iteration:  # the reference code: step along the aggregate, recurse on own
+            direction, v = communicate(own), own
+        else:  # Algorithm 2: aggregate only the large-batch estimates; the aggregate is v_t
+            direction = jax.lax.cond(switch, communicate, lambda x: x, own)
+            v = direction
+        updates, opt_state = jax.vmap(optimizer.update)(-direction, state.opt_state, state.theta)
         theta = agr.average_agreement(k_agree, rule, state.theta + updates, byzantine, config.behaviour, f,
                                       config.num_rounds, config.noise_scale)
         honest = ~byzantine
