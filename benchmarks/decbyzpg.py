@@ -52,6 +52,8 @@ def parse_args(argv=None):
     p.add_argument("--large-batch", type=int, default=0, help="override N (0 = keep)")
     p.add_argument("--learning-rate", type=float, default=0.0, help="override the Adam step size (0 = keep)")
     p.add_argument("--chunk", type=int, default=16, help="iterations per jitted call")
+    p.add_argument("--switch-groups", type=int, default=0,
+                   help="coin sequences: seeds are split into this many groups, each with its own (0 = one per seed)")
     p.add_argument("--paper-dec-baseline", action="store_true",
                    help="Dec-PAGE-PG exactly as Algorithm 2 with averaging (small-batch steps stay local) instead "
                         "of the authors' code (small-batch estimates averaged too)")
@@ -60,6 +62,9 @@ def parse_args(argv=None):
         args.envs, args.algorithms, args.behaviours = "CartPole-v1", "dec", "large_noise"
         args.seeds, args.max_trajectories, args.agents, args.num_byzantine = 2, 40, "1,4", 1
         args.horizon, args.large_batch, args.chunk = 40, 8, 4
+    args.switch_groups = args.switch_groups or args.seeds
+    if args.seeds % args.switch_groups:
+        raise ValueError(f"--seeds {args.seeds} must be a multiple of --switch-groups {args.switch_groups}")
     return args
 
 
@@ -88,20 +93,42 @@ def variants(args, preset, algorithm):
     return out
 
 
-def run_variant(config, algorithm, switches, seeds, chunk, bar):
-    """All seeds of one variant; returns (returns f32[S, T], diameter f32[S, T], wall seconds)."""
+def switch_schedules(preset, args):
+    """One coin sequence ``c_t`` per group of seeds (``--switch-groups``; default: one per seed).
+
+    Within a run all agents share the coins (Algorithm 1/2); across seeds they must differ, or every seed meets
+    the same long stretch of small-batch steps at the same time and the seeds fail together.
+    """
+    return [frl.sample_switches(jax.random.fold_in(jax.random.PRNGKey(1), g), preset, args.max_trajectories,
+                                args.chunk) for g in range(args.switch_groups)]
+
+
+def run_variant(config, algorithm, schedules, seeds, chunk, grid, bar):
+    """All seeds of one variant; returns (returns f32[S, P] on ``grid``, final diameter f32[S], wall seconds).
+
+    Seeds are split into ``len(schedules)`` equal groups, each vmapped under its own coin sequence: the coins
+    drive ``lax.cond``, which stays a branch only when they are shared by the whole vmapped batch (under
+    per-seed coins both branches would run every iteration). The groups reuse one compiled program. Each
+    seed's curve is interpolated from its own trajectory counts onto ``grid`` (trajectories per agent).
+    """
     make = frl.make_decbyzpg if algorithm == "dec" else frl.make_byzpg
     alg = make(config)
     start = time.perf_counter()
-    state = jax.jit(jax.vmap(alg.init))(jax.random.split(jax.random.PRNGKey(0), seeds))
+    init = jax.jit(jax.vmap(alg.init))
     iterate = jax.jit(jax.vmap(alg.iterate, in_axes=(0, None)))
-    returns, diameters = [], []
-    for i in range(0, len(switches), chunk):
-        state, history = iterate(state, switches[i:i + chunk])
-        returns.append(np.asarray(history["returns"]))
-        diameters.append(np.asarray(history["diameter"]))
-        bar.update(len(switches[i:i + chunk]))
-    return np.concatenate(returns, 1), np.concatenate(diameters, 1), time.perf_counter() - start
+    keys = jax.random.split(jax.random.PRNGKey(0), seeds)
+    keys = keys.reshape(len(schedules), seeds // len(schedules), *keys.shape[1:])
+    curves, diameters = [], []
+    for group_keys, switches in zip(keys, schedules):
+        state, returns = init(group_keys), []
+        for i in range(0, len(switches), chunk):
+            state, history = iterate(state, switches[i:i + chunk])
+            returns.append(np.asarray(history["returns"]))
+            bar.update(len(switches[i:i + chunk]))
+        x = np.cumsum(frl.trajectories_per_iteration(switches, config))
+        curves += [np.interp(grid, x, row) for row in np.concatenate(returns, 1)]
+        diameters.append(np.asarray(history["diameter"])[:, -1])
+    return np.stack(curves), np.concatenate(diameters), time.perf_counter() - start
 
 
 def plot(path, title, curves, labels, max_trajectories):
@@ -139,21 +166,21 @@ def main(argv=None):
         if env_name not in PRESETS:
             raise ValueError(f"unknown environment {env_name!r}; known: {', '.join(PRESETS)}")
         preset = overrides(args, PRESETS[env_name])
-        switches = frl.sample_switches(jax.random.PRNGKey(1), preset, args.max_trajectories, args.chunk)
-        x = np.cumsum(frl.trajectories_per_iteration(switches, preset))
+        schedules = switch_schedules(preset, args)
+        grid = np.linspace(preset.large_batch, args.max_trajectories, 250)
         for algorithm in args.algorithms.split(","):
             configs = variants(args, preset, algorithm)
             curves, figure_start = {}, time.perf_counter()
             key = f"{env_name}/{algorithm}"
             results["figures"][key] = curves
-            bar = tqdm(total=len(configs) * len(switches), desc=f"{env_name} {algorithm}", unit="it")
+            bar = tqdm(total=len(configs) * sum(map(len, schedules)), desc=f"{env_name} {algorithm}", unit="it")
             for label, config in configs.items():
-                returns, diameter, wall = run_variant(config, algorithm, switches, args.seeds, args.chunk, bar)
-                keep = x <= args.max_trajectories
-                final = returns[:, keep][:, -max(1, keep.sum() // 10):].mean(1)
-                curves[label] = {"trajectories": x[keep], "mean": returns[:, keep].mean(0),
-                                 "std": returns[:, keep].std(0), "final_mean": final.mean(),
-                                 "final_std": final.std(), "final_honest_diameter": diameter[:, -1].mean(),
+                returns, diameter, wall = run_variant(config, algorithm, schedules, args.seeds, args.chunk, grid,
+                                                      bar)
+                final = returns[:, -len(grid) // 10:].mean(1)
+                curves[label] = {"trajectories": grid, "mean": returns.mean(0), "std": returns.std(0),
+                                 "final_mean": final.mean(), "final_std": final.std(),
+                                 "final_per_seed": final, "final_honest_diameter": diameter.mean(),
                                  "wall_s": wall, "config": dataclasses.asdict(config)}
                 tqdm.write(f"{env_name} {label:32s} final return {final.mean():7.1f} +- {final.std():5.1f}  "
                            f"({wall:6.1f} s)")
