@@ -23,10 +23,10 @@ from fedjax_attacks.rl import policy_gradient as pg
 class Config:
     """Static hyperparameters of ByzPG / DecByzPG; defaults are the paper's CartPole setting (Table 1).
 
-    The step size is Table 1's 5e-3. With it, K = 13 agents reach ~460-470 on CartPole within 5000 trajectories
-    per agent, but single-agent PAGE-PG (K = 1) is unstable: the small-batch recursion (B = 4) is noisy, and
-    averaging over the agents (the aggregation, then the agreement) is what steadies it. The authors' script
-    uses 5e-4, which is stable for K = 1 but slow: it reaches only ~250 by 5000 trajectories.
+    The step size is Table 1's 5e-3. With it, on CartPole (10 seeds, 5000 trajectories per agent), DecByzPG with
+    K = 13 ends at 433 +- 78 and K = 5 at 390 +- 113, while single-agent PAGE-PG (K = 1) is bimodal (184 +- 175):
+    its small-batch recursion (B = 4) is noisy, and averaging over the agents (aggregation, then agreement) is
+    what steadies it. The authors' script uses 5e-4, stable for K = 1 but slow (~250 by 5000 trajectories).
 
     Attributes:
       env_name: environment for ``fedjax_attacks.rl.env.make``.
