@@ -44,3 +44,9 @@ def test_notebook_runs_and_large_noise_breaks_dec_page_pg_but_not_decbyzpg():
     assert robust["diameter"] < 1e-3 < dec["diameter"]
     assert robust["last"] > robust["first"] + 20 and robust["last"] > dec["last"] + 20
     assert dec["last"] < 40  # the undefended federation does not learn
+
+
+def test_benchmark_rejects_seeds_that_do_not_split_into_switch_groups():
+    with pytest.raises(ValueError, match="switch-groups"):
+        decbyzpg.parse_args(["--seeds", "3", "--switch-groups", "2"])
+    assert decbyzpg.parse_args(["--seeds", "4"]).switch_groups == 4  # default: one coin sequence per seed
