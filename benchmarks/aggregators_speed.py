@@ -36,8 +36,8 @@ def _bulyan_f(n, f):
 def jax_rules(n, f):
     """The library's rules with the benchmark's hyperparameters."""
     return {
-        "mean": agg.mean,
-        "median": agg.median,
+        "mean": agg.mean(),
+        "median": agg.median(),
         "trimmed_mean": agg.trimmed_mean(f),
         "clipped_median": agg.clipped_median(2.0),
         "krum": agg.krum(f),
@@ -185,7 +185,7 @@ def run(clients, dims, repeats):
         x_torch = None if torch is None else torch.from_numpy(x_np)
         ours, nps, tos = jax_rules(n, f), numpy_rules(n, f), (torch_rules(n, f) if torch else {})
         for name, rule in ours.items():
-            fn = jax.jit(rule)
+            fn = jax.jit(rule.__call__)
             start = time.perf_counter()
             result = jax.block_until_ready(fn(x_jax))
             compile_s = time.perf_counter() - start

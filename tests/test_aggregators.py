@@ -125,7 +125,7 @@ def test_sorting_network_sorts(n):
 @pytest.mark.parametrize("n", [1, 2, 7, 10, 13, 34])
 def test_median_and_trimmed_mean(n, ties):
     x = _data(n, 3000, ties, seed=n)  # d > one tile: exercises the tiled loop with an overlapping last tile
-    np.testing.assert_allclose(J(agg.median)(jnp.asarray(x)), np.median(x, axis=0), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(J(agg.median())(jnp.asarray(x)), np.median(x, axis=0), rtol=1e-6, atol=1e-6)
     for t in sorted({0, 1, (n - 1) // 2} & set(range((n - 1) // 2 + 1))):
         got = J(agg.trimmed_mean(t))(jnp.asarray(x))
         np.testing.assert_allclose(got, ref_trimmed(x, t), rtol=1e-5, atol=1e-5)
@@ -146,7 +146,7 @@ def test_geometric_median_and_centered_clipping_and_fltrust():
     np.testing.assert_allclose(agg.geometric_median(5, 0.1)(jnp.asarray(x)), ref_geomed(x, 5, 0.1), atol=1e-5)
     prev = _data(1, 7, seed=3)[0]
     for tau, iters in ((0.5, 1), (2.0, 3), (100.0, 1)):
-        got = agg.centered_clipping(tau, iters)(jnp.asarray(x), previous_aggregate=jnp.asarray(prev))
+        got = agg.centered_clipping(tau, iters).update(jnp.asarray(x), jnp.asarray(prev))[0]
         np.testing.assert_allclose(got, ref_cc(x, tau, iters, prev.astype(np.float64)), atol=1e-5)
     np.testing.assert_allclose(agg.centered_clipping(1.0)(jnp.asarray(x)), ref_cc(x, 1.0, 1, np.zeros(7)), atol=1e-5)
     g0 = x.mean(0) + 0.1
@@ -182,7 +182,7 @@ def test_bucketing_matches_reference_and_chain():
         buckets = np.stack([x[perm[i:i + s]].mean(0) for i in range(0, 10, s)])
         got = J(agg.chain(agg.bucketing(bucket_size=s)), key=key)(jnp.asarray(x))
         np.testing.assert_allclose(got, buckets, atol=1e-6)
-        np.testing.assert_allclose(J(agg.bucketing(agg.median, s), key=key)(jnp.asarray(x)), np.median(buckets, 0),
+        np.testing.assert_allclose(J(agg.bucketing(agg.median(), s), key=key)(jnp.asarray(x)), np.median(buckets, 0),
                                    atol=1e-6)
     via_name = agg.get("bucketing", aggregator="krum", bucket_size=2, num_byzantine=1)
     np.testing.assert_allclose(J(via_name, key=key)(jnp.asarray(x)),
@@ -190,7 +190,7 @@ def test_bucketing_matches_reference_and_chain():
 
 
 ROBUST = {  # name -> (rule, number of non-finite rows it must tolerate among n = 13)
-    "median": (agg.median, 6),
+    "median": (agg.median(), 6),
     "trimmed_mean": (agg.trimmed_mean(3), 3),
     "krum": (agg.krum(3), 3),
     "multi_krum": (agg.multi_krum(3), 3),
@@ -222,15 +222,15 @@ def test_non_finite_rows_never_reach_output(name, bad):
 
 def test_mean_is_not_robust():
     x = _data(5, 3)
-    np.testing.assert_allclose(agg.mean(jnp.asarray(x)), x.mean(0), atol=1e-6)
+    np.testing.assert_allclose(agg.mean()(jnp.asarray(x)), x.mean(0), atol=1e-6)
     x[0, 0] = np.nan
-    assert np.isnan(agg.mean(jnp.asarray(x))[0])
+    assert np.isnan(agg.mean()(jnp.asarray(x))[0])
 
 
 @pytest.mark.parametrize("name", ["mean", "median", "trimmed_mean", "krum", "multi_krum", "geometric_median",
                                   "fltrust", "centered_clipping", "nnm_mean", "mda", "dnc"])
 def test_jit_and_vmap_agree_with_eager(name):
-    rule = agg.mean if name == "mean" else ROBUST[name][0]
+    rule = agg.mean() if name == "mean" else ROBUST[name][0]
     xs = jnp.asarray(np.stack([_data(13, 6, seed=s) for s in (8, 9)]))
     keys = jax.random.split(jax.random.key(1), 2)
     g0s = xs[:, 0] + 0.5
@@ -261,7 +261,7 @@ def test_registry_names_and_errors():
         lambda: agg.centered_clipping(tau=-1.0),
         lambda: agg.norm_clip(float("nan")),
         lambda: agg.mda(10)(jnp.zeros((30, 2))),  # C(30, 10) subsets
-        lambda: agg.median(jnp.zeros(3)),  # not 2-D
+        lambda: agg.median()(jnp.zeros(3)),  # not 2-D
         lambda: agg.trimmed_mean(1.5),
         lambda: agg.dnc(1)(jnp.zeros((4, 20000))),  # no key with d > subsample_dim
     ]
@@ -273,7 +273,7 @@ def test_registry_names_and_errors():
 # ---------------------------------------------------------------- hypothesis properties (fixed shapes: one compile)
 N, D = 9, 4
 PROPERTY_RULES = {
-    "median": agg.median,
+    "median": agg.median(),
     "trimmed_mean": agg.trimmed_mean(2),
     "krum": agg.krum(2),
     "multi_krum": agg.multi_krum(2),
@@ -282,7 +282,7 @@ PROPERTY_RULES = {
     "nnm_mean": agg.nnm(2, "mean"),
     "geometric_median": agg.geometric_median(200, 1e-6),
 }
-JITTED = {name: jax.jit(rule) for name, rule in PROPERTY_RULES.items()}
+JITTED = {name: jax.jit(rule.__call__) for name, rule in PROPERTY_RULES.items()}
 seeds = st.integers(0, 2**31 - 1)
 
 

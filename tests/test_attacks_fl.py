@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import attack_matrix
-from fedjax_attacks import attacks, data, fl, models
+from fedjax_attacks import aggregators, attacks, data, fl, models
 from fedjax_attacks.attacks import AttackInput
 
 DIGITS = data.load("digits")
@@ -35,8 +35,8 @@ def test_label_flip_changes_labels_of_malicious_clients_only():
 def test_switch_dispatches_on_a_traced_index():
     rng = np.random.default_rng(0)
     mask = jnp.asarray(np.arange(6) < 2)
-    inp = AttackInput(jnp.zeros(3), jnp.asarray(rng.normal(size=(6, 5)), jnp.float32), mask, jnp.int32(0),
-                      aggregate=lambda u: jnp.median(u, axis=0), full_knowledge=True)
+    inp = AttackInput(jnp.asarray(rng.normal(size=(6, 5)), jnp.float32), mask, jnp.int32(0),
+                      global_params=jnp.zeros(3), aggregator=aggregators.median(), full_knowledge=True)
     key = jax.random.PRNGKey(0)
     craft = jax.jit(lambda i: attacks.get("switch", members=MEMBERS, index=i).craft(key, inp))
     for i, (name, hparams) in enumerate(MEMBERS):

@@ -31,12 +31,21 @@ def check_int(value, name: str, minimum: int) -> int:
 
 
 def check_positive(value, name: str) -> float:
-    """Validates a static float hyperparameter ``value > 0`` (finite)."""
+    """Validates a float hyperparameter ``value > 0`` (finite). A traced value (an ``FLParams`` override inside a
+    jitted run) passes unchanged: it was validated where it was made."""
+    if isinstance(value, jax.core.Tracer):
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
         raise ValueError(f"{name} must be a positive number, got {value!r}")
     if not (np.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")
     return float(value)
+
+
+def hdot(a, b):
+    """``a @ b`` at ``precision=HIGHEST``: aggregation statistics must not depend on the device (GPUs default to
+    TF32 for float32 products)."""
+    return jnp.dot(a, b, precision=jax.lax.Precision.HIGHEST)
 
 
 def sq_norms(updates):
@@ -65,26 +74,53 @@ def weighted_row_sum(updates, weights, valid=None):
         weights = jnp.where(valid, weights, 0)
     if n > _MAX_UNROLL:
         safe = updates if valid is None else jnp.where(valid[:, None], updates, 0)
-        return weights @ safe
+        return hdot(weights, safe)
     if valid is None:
         return sum_rows(weights[i] * updates[i] for i in range(n))
     return sum_rows(jnp.where(valid[i], weights[i] * updates[i], 0) for i in range(n))
 
 
-def pairwise_sq_dists(updates):
-    """Squared distances ``D_ij = ||x_i - x_j||^2`` via the Gram matrix (one BLAS product).
+def pairwise_sq_dists(updates, mask=None):
+    """Squared distances ``D_ij = ||x_i - x_j||^2``, ``f32[n, n]``, via one Gram product of centred rows.
+
+    The one pairwise-distance function of the library (aggregators, attacks, FRL agreement). The rows are centred
+    on a reference row before the Gram product ``G = (X - r)(X - r)^T`` (asked at ``precision=HIGHEST``, so a GPU
+    does not compute it in TF32): the float32 form ``|x_i|^2 + |x_j|^2 - 2 <x_i, x_j>`` loses the answer when the
+    rows share a component much larger than their spread. The reference ``r`` is the medoid of the finite rows on
+    a strided subsample of at most 256 columns, so a far (Byzantine) row is never the centre.
 
     Rows that are non-finite (or whose squared norm overflows) are at distance ``+inf`` from every other row,
-    i.e. the farthest possible update; the diagonal is 0. Each Gram entry depends only on rows i and j, so an
-    outlier (even a NaN row) cannot spoil the distances between honest rows.
+    i.e. the farthest possible update; the diagonal is 0. Each entry depends only on rows i and j (and ``r``), so
+    an outlier, even a NaN row, cannot spoil the distances between honest rows. Integer input is cast to float32.
+    ``mask`` (bool[n], optional) keeps only some rows: the others are treated like non-finite rows and never
+    chosen as the centre, so the distances among the kept rows do not depend on the others at all.
     """
-    norms = sq_norms(updates)
-    good = jnp.isfinite(norms)
-    safe_norms = jnp.where(good, norms, 0)
-    gram = updates @ updates.T
-    dists = jnp.maximum(safe_norms[:, None] + safe_norms[None, :] - 2 * gram, 0)
+    x = jnp.asarray(updates)
+    if not jnp.issubdtype(x.dtype, jnp.floating) or jnp.finfo(x.dtype).bits < 32:
+        x = x.astype(jnp.float32)
+    n, d = x.shape
+    good = finite_rows(x) if mask is None else finite_rows(x) & mask
+    centred = jnp.where(good[:, None], x - reference_row(x, good), 0)
+    gram = hdot(centred, centred.T)
+    norms = jnp.diagonal(gram)
+    dists = jnp.maximum(norms[:, None] + norms[None, :] - 2 * gram, 0)
     dists = jnp.where(good[:, None] & good[None, :], dists, jnp.inf)
-    return jnp.where(jnp.eye(updates.shape[0], dtype=bool), 0, dists)
+    return jnp.where(jnp.eye(n, dtype=bool), 0, dists)
+
+
+def reference_row(x, good, max_columns: int = 256):
+    """A central finite row of ``x`` (``f32[d]``): among the ``good`` rows, the one whose ``ceil(n / 2)`` nearest
+    rows are nearest in total, with exact distances on a strided subsample of at most ``max_columns`` columns
+    (cheap, ``O(n^2 max_columns)``; a minority of far or overflowing rows cannot be chosen)."""
+    n, d = x.shape
+    sample = jnp.where(good[:, None], x[:, :: max(1, d // max_columns)], 0)
+    norms = jnp.sum(sample * sample, axis=1)  # Gram form: coarse, but any row near the bulk is a good centre
+    sq = norms[:, None] + norms[None, :] - 2 * hdot(sample, sample.T)
+    ok = good[:, None] & good[None, :] & jnp.isfinite(sq)
+    dist = jnp.where(ok, jnp.sqrt(jnp.maximum(jnp.where(ok, sq, 0), 0)), jnp.inf)
+    cost = smallest_sum(dist, (n + 1) // 2)
+    ref = x[jnp.argmin(jnp.where(good, cost, jnp.inf))]
+    return jnp.where(jnp.isfinite(ref), ref, 0)
 
 
 def smallest_sum(values, k: int):

@@ -13,32 +13,17 @@ from fedjax_attacks.aggregators._common import (
     check_positive,
     check_updates,
     finite_rows,
+    hdot,
     pairwise_sq_dists,
     sq_norms,
 )
+from fedjax_attacks.aggregators.base import Aggregator, chain, stateless
 from fedjax_attacks.aggregators.coordinatewise import median
 from fedjax_attacks.aggregators.registry import get, register
 from fedjax_attacks.aggregators.rules import mean
 
 
-def chain(*transforms):
-    """Composes pre-aggregators with a final rule: ``chain(norm_clip(2.0), bucketing(bucket_size=2), krum(1))``.
-
-    Every stage gets the same context, except ``key``, which stage ``k`` receives as ``fold_in(key, k)``.
-    """
-    if not transforms:
-        raise ValueError("chain needs at least one transform")
-
-    def aggregate(updates, key=None, **context):
-        for k, transform in enumerate(transforms):
-            stage_key = None if key is None else jax.random.fold_in(key, k)
-            updates = transform(updates, key=stage_key, **context)
-        return updates
-
-    return aggregate
-
-
-def norm_clip(max_norm: float = 2.0):
+def norm_clip(max_norm: float = 2.0) -> Aggregator:
     """Per-client norm clipping ``x_i <- x_i min(1, C / ||x_i||)`` (C = ``max_norm``) -> ``f32[n, d]``.
 
     A non-finite row (or one whose norm overflows) becomes the zero vector: its direction is unknown.
@@ -53,20 +38,20 @@ def norm_clip(max_norm: float = 2.0):
         scale = jnp.minimum(1.0, max_norm / jnp.sqrt(jnp.where(good & (norms2 > 0), norms2, 1)))
         return jnp.where(good[:, None], updates * scale[:, None], 0)
 
-    return transform
+    return stateless(transform, name="norm_clip", pre=True)
 
 
-def clipped_mean(max_norm: float = 2.0):
+def clipped_mean(max_norm: float = 2.0) -> Aggregator:
     """Norm clipping to ``max_norm`` then the mean."""
-    return chain(norm_clip(max_norm), mean)
+    return chain(norm_clip(max_norm), mean())
 
 
-def clipped_median(max_norm: float = 2.0):
+def clipped_median(max_norm: float = 2.0, method: str | None = None) -> Aggregator:
     """Norm clipping to ``max_norm`` then the coordinate-wise median (the seed paper's strongest defense)."""
-    return chain(norm_clip(max_norm), median)
+    return chain(norm_clip(max_norm), median(method))
 
 
-def nnm(num_byzantine: int = 1, aggregator=None, **aggregator_hparams):
+def nnm(num_byzantine: int = 1, aggregator=None, **aggregator_hparams) -> Aggregator:
     """Nearest-neighbour mixing: replace each ``x_i`` by the mean of its ``n - f`` nearest updates (itself
     included; lowest index first on ties) -> ``f32[n, d]``. With ``aggregator`` (a rule or a registry name, built
     with ``aggregator_hparams``), returns ``chain(nnm, aggregator)``. A non-finite row is nobody's neighbour and is
@@ -81,12 +66,12 @@ def nnm(num_byzantine: int = 1, aggregator=None, **aggregator_hparams):
             raise ValueError(f"nnm needs f < n, got n={n}, f={f}")
         neighbours = lax.top_k(-pairwise_sq_dists(updates), n - f)[1]
         mixing = jnp.zeros((n, n), updates.dtype).at[jnp.arange(n)[:, None], neighbours].set(1.0 / (n - f))
-        return mixing @ jnp.where(finite_rows(updates)[:, None], updates, 0)
+        return hdot(mixing, jnp.where(finite_rows(updates)[:, None], updates, 0))
 
-    return _maybe_chain(transform, aggregator, aggregator_hparams)
+    return _maybe_chain(stateless(transform, name="nnm", pre=True), aggregator, aggregator_hparams)
 
 
-def bucketing(aggregator=None, bucket_size: int = 2, **aggregator_hparams):
+def bucketing(aggregator=None, bucket_size: int = 2, **aggregator_hparams) -> Aggregator:
     """Bucketing: shuffle the ``n`` updates with context ``key``, average consecutive buckets of ``s = bucket_size``
     (the last one smaller when ``s`` does not divide ``n``) -> ``f32[ceil(n / s), d]``. With ``aggregator`` (a rule
     or a registry name, built with ``aggregator_hparams``), aggregates the bucket means. A bucket holding a
@@ -103,14 +88,15 @@ def bucketing(aggregator=None, bucket_size: int = 2, **aggregator_hparams):
         slot = jnp.zeros((n,), jnp.int32).at[jax.random.permutation(key, n)].set(jnp.arange(n)) // s
         member = (slot[None, :] == jnp.arange(num_buckets)[:, None]).astype(updates.dtype)
         good = finite_rows(updates)
-        means = (member / jnp.sum(member, axis=1, keepdims=True)) @ jnp.where(good[:, None], updates, 0)
-        spoiled = member @ (~good).astype(updates.dtype) > 0
+        means = hdot(member / jnp.sum(member, axis=1, keepdims=True), jnp.where(good[:, None], updates, 0))
+        spoiled = hdot(member, (~good).astype(updates.dtype)) > 0
         return jnp.where(spoiled[:, None], jnp.nan, means)
 
-    return _maybe_chain(transform, aggregator, aggregator_hparams)
+    return _maybe_chain(stateless(transform, name="bucketing", pre=True, needs=("key",)), aggregator,
+                        aggregator_hparams)
 
 
-def _maybe_chain(transform, aggregator, aggregator_hparams):
+def _maybe_chain(transform: Aggregator, aggregator, aggregator_hparams) -> Aggregator:
     if aggregator is None:
         if aggregator_hparams:
             raise ValueError(f"hyperparameters {sorted(aggregator_hparams)} need an aggregator")

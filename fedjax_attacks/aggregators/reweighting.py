@@ -10,17 +10,23 @@ from fedjax_attacks.aggregators._common import (
     check_positive,
     check_updates,
     finite_rows,
+    hdot,
     sq_norms,
     weighted_row_sum,
 )
+from fedjax_attacks.aggregators.base import Aggregator, as_float, stateless
 from fedjax_attacks.aggregators.registry import register
 
 
-def geometric_median(num_iters: int = 8, smoothing: float = 0.1):
+def geometric_median(num_iters: int = 8, smoothing: float = 0.1) -> Aggregator:
     """RFA: ``argmin_z sum_i alpha_i ||z - x_i||`` by the smoothed Weiszfeld iteration
     ``z <- sum_i beta_i x_i / sum_i beta_i``, ``beta_i = alpha_i / max(nu, ||z - x_i||)`` (nu = ``smoothing``),
     started at ``z = 0`` (as ByzFL; a far outlier then barely moves the first iterate). Optional context
     ``weights`` (alpha, f32[n], default 1).
+
+    Distances after the first iterate are taken about ``c = z_1``, ``||x_i - z||^2 = ||x_i - c||^2 -
+    2 <x_i - c, z - c> + ||z - c||^2``, so rows sharing a component much larger than their spread keep their
+    float32 precision (and the first iterate needs no matrix-vector product: its distances are the norms).
     """
     num_iters = check_int(num_iters, "geometric_median: num_iters", 1)
     nu = check_positive(smoothing, "geometric_median: smoothing")
@@ -33,43 +39,61 @@ def geometric_median(num_iters: int = 8, smoothing: float = 0.1):
         alpha = jnp.ones((n,), updates.dtype) if weights is None else jnp.asarray(weights, updates.dtype)
         alpha = jnp.where(good, alpha, 0)
 
-        def step(z):
-            dist = _distances_to(updates, norms2, good, z)
+        def weiszfeld(dist):
             beta = alpha / jnp.maximum(nu, dist)
             beta = jnp.where(good & jnp.isfinite(beta), beta, 0)
             return weighted_row_sum(updates, beta / jnp.sum(beta), good)
 
-        return lax.fori_loop(0, num_iters, lambda _, z: step(z), jnp.zeros((d,), updates.dtype))
+        centre = weiszfeld(jnp.sqrt(jnp.where(good, norms2, 0)))  # z_1, from z_0 = 0
+        if num_iters == 1:
+            return centre
+        norms2_c = jnp.where(good, sq_norms(jnp.where(good[:, None], updates - centre, 0)), 0)
 
-    return aggregate
+        def step(_, z):
+            shift = z - centre
+            inner = jnp.where(good, hdot(updates, shift), 0) - jnp.dot(centre, shift)  # <x_i - c, z - c>
+            dist2 = norms2_c - 2 * inner + jnp.dot(shift, shift)
+            return weiszfeld(jnp.sqrt(jnp.maximum(dist2, 0)))
+
+        z = weiszfeld(jnp.sqrt(norms2_c))  # z_2: the distances about c = z_1 need no product
+        return lax.fori_loop(0, num_iters - 2, step, z)
+
+    return stateless(aggregate, name="geometric_median")
 
 
-def centered_clipping(tau: float = 100.0, num_iters: int = 1):
+def centered_clipping(tau: float = 100.0, num_iters: int = 1) -> Aggregator:
     """Centered clipping: ``v <- v + (1/n) sum_i (x_i - v) min(1, tau / ||x_i - v||)``, ``num_iters`` (L) times,
-    starting at context ``previous_aggregate`` (the momentum centre; zero when absent). Defaults as ByzFL.
+    starting at the centre kept in the aggregator's state (the previous round's output, the momentum centre;
+    ``init(dim)`` gives zero). ``update`` returns the new centre as both output and state. Defaults as ByzFL.
     """
     tau = check_positive(tau, "centered_clipping: tau")
     num_iters = check_int(num_iters, "centered_clipping: num_iters", 1)
 
-    def aggregate(updates, previous_aggregate=None, **context):
+    def init(dim):
+        return jnp.zeros((dim,), jnp.float32)
+
+    def update(updates, state, **context):
         del context
+        updates, dtype = as_float(updates)
         n, d = check_updates(updates, "centered_clipping")
+        centre = jnp.asarray(state, updates.dtype)
+        if centre.shape != (d,):
+            raise ValueError(f"centered_clipping: state (the centre) must have shape ({d},), got {centre.shape}")
         norms2 = sq_norms(updates)
         good = jnp.isfinite(norms2)
-        v = jnp.zeros((d,), updates.dtype) if previous_aggregate is None else jnp.asarray(
-            previous_aggregate, updates.dtype)
 
         def step(v):
             dist = _distances_to(updates, norms2, good, v)
             scale = jnp.where(good, jnp.minimum(1.0, tau / jnp.maximum(dist, 1e-30)), 0) / n
             return v + weighted_row_sum(updates, scale, good) - jnp.sum(scale) * v
 
-        return lax.fori_loop(0, num_iters, lambda _, v: step(v), v)
+        out = lax.fori_loop(0, num_iters, lambda _, v: step(v), centre)
+        return out.astype(dtype), out.astype(jnp.asarray(state).dtype)
 
-    return aggregate
+    return Aggregator(init, update, name="centered_clipping")
 
 
-def fltrust():
+def fltrust() -> Aggregator:
     """FLTrust: trust ``TS_i = ReLU(cos(g_i, g0))``, each ``g_i`` rescaled to ``||g0||``, output
     ``sum_i TS_i ||g0|| / ||g_i|| g_i / sum_i TS_i`` (zero when every trust score is 0). Needs context
     ``server_update`` (g0, the server's update on its root data).
@@ -86,20 +110,20 @@ def fltrust():
         good = finite_rows(updates)
         norms = jnp.sqrt(jnp.where(good, sq_norms(updates), 0))
         g0_norm = jnp.sqrt(jnp.sum(g0 * g0))
-        dots = jnp.where(good, updates @ g0, 0)  # a NaN row only spoils its own dot product
+        dots = jnp.where(good, hdot(updates, g0), 0)  # a NaN row only spoils its own dot product
         ok = good & (norms > 0) & (g0_norm > 0)
         trust = jnp.where(ok, jnp.maximum(dots / jnp.where(ok, norms * g0_norm, 1), 0), 0)
         total = jnp.sum(trust)
         coeff = jnp.where(ok, trust * g0_norm / jnp.where(ok, norms, 1), 0) / jnp.where(total > 0, total, 1)
         return weighted_row_sum(updates, coeff, ok)
 
-    return aggregate
+    return stateless(aggregate, name="fltrust", needs=("server_update",))
 
 
 def _distances_to(updates, norms2, good, z):
     """``||x_i - z||`` as ``sqrt(||x_i||^2 - 2 <x_i, z> + ||z||^2)`` (one matrix-vector product; XLA's CPU row
     reduction of ``x_i - z`` is about 5x slower); 0 for rows that are not ``good``."""
-    dist2 = jnp.where(good, norms2 - 2 * jnp.where(good, updates @ z, 0) + jnp.sum(z * z), 0)
+    dist2 = jnp.where(good, norms2 - 2 * jnp.where(good, hdot(updates, z), 0) + jnp.sum(z * z), 0)
     return jnp.sqrt(jnp.maximum(dist2, 0))
 
 

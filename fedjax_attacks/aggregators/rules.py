@@ -1,11 +1,17 @@
 """The plain average (FedAvg / FedSGD), the non-robust baseline."""
 
 from fedjax_attacks.aggregators._common import check_updates, sum_rows, weighted_row_sum
+from fedjax_attacks.aggregators.base import Aggregator, stateless
 from fedjax_attacks.aggregators.registry import register
 
 
-def mean(updates, **context):
+def mean() -> Aggregator:
     """Plain average ``(1/n) sum_i x_i`` (FedAvg/FedSGD). Not robust: one non-finite row makes it non-finite."""
+    return stateless(mean_of, name="mean")
+
+
+def mean_of(updates, **context):
+    """The plain average of ``updates: f32[n, d]`` (the function behind ``mean()``)."""
     del context
     n, _ = check_updates(updates, "mean")
     if n > 256:
@@ -13,4 +19,4 @@ def mean(updates, **context):
     return sum_rows(updates[i] for i in range(n)) / n
 
 
-register("mean", lambda: mean)
+register("mean", mean)

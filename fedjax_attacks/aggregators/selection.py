@@ -17,24 +17,27 @@ from fedjax_attacks.aggregators._common import (
     check_positive,
     check_updates,
     finite_rows,
+    hdot,
     pairwise_sq_dists,
     smallest_sum,
     sum_rows,
     weighted_row_sum,
 )
+from fedjax_attacks.aggregators.base import Aggregator, as_float, stateless
 from fedjax_attacks.aggregators.registry import register
 from fedjax_attacks.aggregators.sorting import order_statistic
 
 
 def krum_scores(updates, num_byzantine: int):
     """Krum score ``s(i) = sum of ||x_i - x_j||^2 over the n - f - 2 nearest j != i`` -> ``f32[n]``."""
+    updates = as_float(updates)[0]
     n = updates.shape[0]
     dists = pairwise_sq_dists(updates)
     dists = jnp.where(jnp.eye(n, dtype=bool), jnp.inf, dists)
     return smallest_sum(dists, n - num_byzantine - 2)
 
 
-def krum(num_byzantine: int = 1):
+def krum(num_byzantine: int = 1) -> Aggregator:
     """Krum: the update ``x_{i*}``, ``i* = argmin_i s(i)`` (lowest index on ties). Needs ``n > 2f + 2``."""
     f = check_int(num_byzantine, "krum: num_byzantine", 0)
 
@@ -44,10 +47,10 @@ def krum(num_byzantine: int = 1):
         _check_krum_n(n, f, "krum")
         return updates[jnp.argmin(krum_scores(updates, f))]
 
-    return aggregate
+    return stateless(aggregate, name="krum")
 
 
-def multi_krum(num_byzantine: int = 1, num_selected: int | None = None):
+def multi_krum(num_byzantine: int = 1, num_selected: int | None = None) -> Aggregator:
     """Multi-Krum: the mean of the ``m`` updates with the lowest Krum scores (``m = n - f`` by default, as ByzFL)."""
     f = check_int(num_byzantine, "multi_krum: num_byzantine", 0)
     if num_selected is not None:
@@ -64,10 +67,10 @@ def multi_krum(num_byzantine: int = 1, num_selected: int | None = None):
         mask = jnp.zeros((n,), bool).at[chosen].set(True)
         return weighted_row_sum(updates, jnp.full((n,), 1.0 / m), mask)
 
-    return aggregate
+    return stateless(aggregate, name="multi_krum")
 
 
-def bulyan(num_byzantine: int = 1):
+def bulyan(num_byzantine: int = 1) -> Aggregator:
     """Bulyan: select ``theta = n - 2f`` updates by repeated Krum (each round removes the Krum winner of the rest,
     Krum's neighbour count ``max(n_rest - f - 2, 2)``: Krum is undefined once ``n_rest <= 2f + 2`` and with a single
     neighbour the closest pair always ties, which would make the selection depend on the client order), then per
@@ -97,10 +100,10 @@ def bulyan(num_byzantine: int = 1):
         count_cut = _masked_sum(jnp.ones_like(selected), at_cut)
         return (sum_closer + (beta - count_closer) * sum_cut / count_cut) / beta
 
-    return aggregate
+    return stateless(aggregate, name="bulyan")
 
 
-def mda(num_byzantine: int = 1, max_subsets: int = 100_000):
+def mda(num_byzantine: int = 1, max_subsets: int = 100_000) -> Aggregator:
     """Minimum-diameter averaging: the mean of the ``n - f`` updates whose diameter ``max ||x_i - x_j||`` is smallest,
     by exact search over all ``C(n, f)`` subsets (static index array; first subset in lexicographic order on ties).
     Raises ``ValueError`` when ``C(n, f) > max_subsets``.
@@ -122,10 +125,11 @@ def mda(num_byzantine: int = 1, max_subsets: int = 100_000):
         mask = jnp.zeros((n,), bool).at[best].set(True)
         return weighted_row_sum(updates, jnp.full((n,), 1.0 / (n - f)), mask)
 
-    return aggregate
+    return stateless(aggregate, name="mda")
 
 
-def dnc(num_byzantine: int = 1, num_iters: int = 1, subsample_dim: int = 10_000, filter_frac: float = 1.0):
+def dnc(num_byzantine: int = 1, num_iters: int = 1, subsample_dim: int = 10_000,
+        filter_frac: float = 1.0) -> Aggregator:
     """Divide-and-conquer (DnC): per iteration, sample ``b = subsample_dim`` coordinates, centre the sampled updates,
     score ``s_i = <x_i - mu, v>^2`` with ``v`` the top right singular vector, keep the ``n - c f`` lowest scores;
     return the mean of the updates kept in every iteration. Needs ``key`` when ``d > subsample_dim``.
@@ -153,7 +157,7 @@ def dnc(num_byzantine: int = 1, num_iters: int = 1, subsample_dim: int = 10_000,
         mask = jnp.all(kept, axis=0)
         return weighted_row_sum(updates, jnp.ones(n) / jnp.sum(mask), mask)
 
-    return aggregate
+    return stateless(aggregate, name="dnc")
 
 
 def _dnc_keep(sub, good, num_keep):
@@ -161,7 +165,7 @@ def _dnc_keep(sub, good, num_keep):
     sub = jnp.where(good[:, None], sub, 0)
     mu = jnp.sum(sub, axis=0) / jnp.maximum(jnp.sum(good), 1)
     centred = jnp.where(good[:, None], sub - mu, 0)
-    eigvals, eigvecs = jnp.linalg.eigh(centred @ centred.T)  # top eigenvector u of Z Z^T: <z_i, v>^2 = lam u_i^2
+    eigvals, eigvecs = jnp.linalg.eigh(hdot(centred, centred.T))  # top eigenvector u of Z Z^T: <z_i, v>^2 = lam u_i^2
     scores = eigvals[-1] * eigvecs[:, -1] ** 2
     scores = jnp.where(good, scores, jnp.inf)
     chosen = lax.top_k(-scores, num_keep)[1]

@@ -10,6 +10,7 @@ several times faster (n = 10: 0.4 ms against 2.4 ms).
 
 import functools
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -50,11 +51,38 @@ def network_sort(rows):
     return rows
 
 
-def order_statistic(updates, position: int):
+METHODS = ("network", "sort")
+
+
+def default_method() -> str:
+    """``"network"`` on a CPU backend (XLA's CPU sort is slow), ``"sort"`` (XLA's sort) on GPU and TPU, where the
+    unrolled network loses (measured on an H100 at n = 100, d = 1e5: 3.84 ms against 0.51 ms). Chosen at trace
+    time from ``jax.default_backend()``."""
+    return "network" if jax.default_backend() == "cpu" else "sort"
+
+
+def check_method(method):
+    """``method`` or the backend's default; ``ValueError`` for an unknown name."""
+    if method is None:
+        return default_method()
+    if method not in METHODS:
+        raise ValueError(f"order statistics method must be one of {METHODS} or None, got {method!r}")
+    return method
+
+
+def sort_columns(updates):
+    """Every column sorted ascending (XLA's sort), NaN counted as ``+inf``: ``f32[n, d]``."""
+    return jnp.sort(nan_to_inf(updates), axis=0)
+
+
+def order_statistic(updates, position: int, method=None):
     """The ``position``-th smallest value (0-based) of every column of ``updates: f32[n, d]`` -> ``f32[d]``.
 
-    NaN counts as ``+inf`` (replaced tile by tile, in cache); ``+-inf`` sort correctly.
+    NaN counts as ``+inf`` (replaced tile by tile, in cache); ``+-inf`` sort correctly. ``method``: ``"network"``
+    (the sorting network below), ``"sort"`` (XLA's sort) or None (``default_method()``).
     """
+    if check_method(method) == "sort":
+        return sort_columns(updates)[position]
     n, d = updates.shape
     if n <= _TILE_ABOVE_N:
         return network_sort(nan_to_inf(updates[i]) for i in range(n))[position]

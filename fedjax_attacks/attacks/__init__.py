@@ -6,11 +6,13 @@ See ``fedjax_attacks.attacks.base`` for the interface (``Attack``, ``AttackInput
 attacks by a traced index, so an attack sweep compiles once); ``get(name, **hparams)`` builds one.
 """
 
-from fedjax_attacks.attacks.base import Attack, AttackInput, get, names, none, register
+from fedjax_attacks.attacks.base import Attack, AttackInput, get, mark_built_in, names, none, register
 from fedjax_attacks.attacks.baselines import alie, avg_zero, eb, gaussian, ipm, label_flip, large_noise, sign_flip
 from fedjax_attacks.attacks.lmp import lmp
 from fedjax_attacks.attacks.shejwalkar import minmax, minsum
 from fedjax_attacks.attacks.switch import switch
+
+mark_built_in()
 
 __all__ = [
     "Attack",

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from jax.scipy.stats import norm
 
 from fedjax_attacks.attacks import stats
-from fedjax_attacks.attacks.base import Attack, AttackInput, register
+from fedjax_attacks.attacks.base import Attack, AttackInput, check_positive, register
 
 
 def eb() -> Attack:
@@ -39,8 +39,7 @@ def ipm(eps: float = 5.0) -> Attack:
     ``((w - m) - m eps) / w * mu``: its inner product with ``mu`` is negative once ``eps > (w - m) / m``, in
     both sign conventions. The seed paper's reference uses ``eps = 5``.
     """
-    if not eps > 0:
-        raise ValueError(f"ipm: eps must be > 0, got {eps}")
+    check_positive(eps, "ipm: eps")
 
     def craft(key, inp: AttackInput):
         del key
@@ -59,8 +58,8 @@ def alie(z: float | None = None) -> Attack:
     ``s = floor(n / 2 + 1) - f``, ``z = Phi^{-1}((n - s) / n)``, with the probability clipped to [0.5, 0.999]
     (z in [0, 3.09]) so rounds with few or many attackers stay finite. The shift is ``-z sigma``, direction-free.
     """
-    if z is not None and not z >= 0:
-        raise ValueError(f"alie: z must be >= 0 or None, got {z}")
+    if z is not None:
+        check_positive(z, "alie: z", allow_zero=True)
 
     def craft(key, inp: AttackInput):
         del key
@@ -83,8 +82,7 @@ def alie_z(num_sampled: int, num_malicious: jax.Array) -> jax.Array:
 
 def sign_flip(scale: float = 1.0) -> Attack:
     """Sign flipping: each attacker sends its honest update negated and scaled, ``-scale * g_i``."""
-    if not scale > 0:
-        raise ValueError(f"sign_flip: scale must be > 0, got {scale}")
+    check_positive(scale, "sign_flip: scale")
 
     def craft(key, inp: AttackInput):
         del key
@@ -95,8 +93,7 @@ def sign_flip(scale: float = 1.0) -> Attack:
 
 def gaussian(sigma: float = 200.0) -> Attack:
     """Gaussian attack (as in Fang et al. 2020): each attacker sends ``N(0, sigma^2 I)`` noise (default 200)."""
-    if not sigma > 0:
-        raise ValueError(f"gaussian: sigma must be > 0, got {sigma}")
+    check_positive(sigma, "gaussian: sigma")
 
     def craft(key, inp: AttackInput):
         return sigma * jax.random.normal(key, inp.updates.shape, inp.updates.dtype)
@@ -106,8 +103,7 @@ def gaussian(sigma: float = 200.0) -> Attack:
 
 def large_noise(a: float = 1000.0) -> Attack:
     """LargeNoise (DecByzPG paper 002): each attacker sends ``U[-a, a]^d`` noise (default a = 1000)."""
-    if not a > 0:
-        raise ValueError(f"large_noise: a must be > 0, got {a}")
+    check_positive(a, "large_noise: a")
 
     def craft(key, inp: AttackInput):
         return jax.random.uniform(key, inp.updates.shape, inp.updates.dtype, minval=-a, maxval=a)
@@ -141,7 +137,8 @@ def label_flip(num_classes: int = 10) -> Attack:
         del key
         return x, (num_classes - 1 - y).astype(y.dtype)
 
-    return Attack(name="label_flip", craft=lambda key, inp: inp.updates, poison_data=poison_data)
+    return Attack(name="label_flip", craft=lambda key, inp: inp.updates, poison_data=poison_data,
+                  poisons_data=True)
 
 
 register("eb", eb)

@@ -13,6 +13,7 @@ Two variants: ``"median"`` (the attack on coordinate-wise median and trimmed mea
 import jax
 import jax.numpy as jnp
 
+from fedjax_attacks.aggregators import pairwise_sq_dists
 from fedjax_attacks.attacks import stats
 from fedjax_attacks.attacks.base import Attack, AttackInput, register
 
@@ -98,7 +99,7 @@ def krum_lambda_bound(updates: jax.Array, malicious_mask: jax.Array) -> jax.Arra
     benign = ~malicious_mask
     n_benign = jnp.sum(benign.astype(jnp.int32))
     c = w - n_benign
-    dist = jnp.sqrt(stats.pairwise_sq_dists(updates))
+    dist = jnp.sqrt(pairwise_sq_dists(updates, benign))
     pair_ok = benign[:, None] & benign[None, :] & ~jnp.eye(w, dtype=bool)
     nearest = jnp.sort(jnp.where(pair_ok, dist, jnp.inf), axis=1)
     take = jnp.arange(w) < n_benign - 2

@@ -18,6 +18,8 @@ gradients (FedSGD) and deltas (FedAvg) alike. Neither attack needs the aggregati
 import jax
 import jax.numpy as jnp
 
+from fedjax_attacks.aggregators import pairwise_sq_dists
+from fedjax_attacks.aggregators._common import hdot
 from fedjax_attacks.attacks import stats
 from fedjax_attacks.attacks.base import Attack, AttackInput, register
 
@@ -71,10 +73,10 @@ def search_gamma(updates, mask, mu, p, num_steps: int, objective: str) -> jax.Ar
     ``b_i = <p, mu - g_i>`` is precomputed, so each step costs O(w), not O(w d).
     """
     pair_ok = mask[:, None] & mask[None, :]
-    sq = jnp.where(pair_ok, stats.pairwise_sq_dists(updates), 0.0)
+    sq = jnp.where(pair_ok, pairwise_sq_dists(updates, mask), 0.0)
     diff = mu[None, :] - updates
     a = jnp.sum(diff * diff, axis=1)
-    b = diff @ p
+    b = hdot(diff, p)
     pp = jnp.dot(p, p)
     if objective == "max":
         threshold = jnp.max(sq)

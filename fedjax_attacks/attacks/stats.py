@@ -48,15 +48,3 @@ def masked_min(updates: jax.Array, mask: jax.Array) -> jax.Array:
     """f32[d]: the coordinate-wise minimum of the masked rows (zeros if none)."""
     value = jnp.min(jnp.where(mask[:, None], updates, jnp.inf), axis=0)
     return jnp.where(jnp.any(mask), value, 0.0)
-
-
-def pairwise_sq_dists(updates: jax.Array) -> jax.Array:
-    """f32[w, w]: ``||u_i - u_j||^2`` for every pair of rows.
-
-    Uses the Gram form ``|u_i|^2 + |u_j|^2 - 2 <u_i, u_j>`` (clamped at 0, exact 0 on the diagonal) so memory is
-    O(w^2 + w d), not O(w^2 d): CNN updates have d ~ 10^6.
-    """
-    sq = jnp.sum(updates * updates, axis=-1)
-    gram = updates @ updates.T
-    dists = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * gram, 0.0)
-    return jnp.where(jnp.eye(updates.shape[0], dtype=bool), 0.0, dists)

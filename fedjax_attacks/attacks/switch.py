@@ -33,6 +33,7 @@ def switch(members: Sequence[tuple[str, Mapping[str, Any]]], index: jax.Array | 
         name="switch",
         craft=craft,
         poison_data=poison_data,
+        poisons_data=any(a.poisons_data for a in built),
         needs_full_knowledge=any(a.needs_full_knowledge for a in built),
     )
 

@@ -6,30 +6,71 @@ theirs with what the attack crafts; the server aggregates with its rule and upda
 """
 
 import dataclasses
-import functools
-from typing import Callable, NamedTuple, Optional
+from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
-from tqdm.auto import tqdm
 
 from fedjax_attacks import aggregators, attacks
 from fedjax_attacks.attacks.base import AttackInput
 from fedjax_attacks.data import Dataset, Partition, partition
 from fedjax_attacks.fl.config import FLConfig
 from fedjax_attacks.models import FlatModel, accuracy, cross_entropy
+from fedjax_attacks.runner import run_chunked, scan_steps
 
 
 @struct.dataclass
 class FLState:
-    """Carry of the scan: global parameters theta_t, the previous aggregate, the round t and the PRNG key."""
+    """Carry of the run: global parameters theta_t, the aggregator's state, the round t and the PRNG key."""
 
     params: jax.Array
-    previous_aggregate: jax.Array
+    aggregator_state: Any
     round: jax.Array
     key: jax.Array
+
+
+@struct.dataclass
+class FLParams:
+    """Traced hyperparameters of a run (gymnax's ``EnvParams`` pattern): vmap a run over a batch of them.
+
+    Attributes:
+      lr: eta, the server's (FedSGD) or the clients' (FedAvg) learning rate.
+      server_lr: FedAvg's server step on the aggregated delta.
+      attack_index: which member of an attack sweep runs (``attacks.switch``; ignored otherwise).
+      attack_hparams, aggregator_hparams: float hyperparameters that override ``FLConfig``'s by name (e.g.
+        ``{"eps": 5.0}`` for IPM, ``{"tau": 10.0}`` for centered clipping); validated against the config.
+    """
+
+    lr: jax.Array
+    server_lr: jax.Array
+    attack_index: jax.Array
+    attack_hparams: Mapping[str, jax.Array] = struct.field(default_factory=dict)
+    aggregator_hparams: Mapping[str, jax.Array] = struct.field(default_factory=dict)
+
+
+class RoundInput(NamedTuple):
+    """What ``client_updates`` hands to whoever plays the attacker, for one round.
+
+    Attributes:
+      updates: f32[w, d], the honest update of every sampled client (a malicious client's is computed on its own,
+        possibly poisoned, data).
+      malicious_mask: bool[w], which sampled clients are malicious (ids < M).
+      sampled: int32[w], the sampled client ids.
+      global_params: f32[d], theta_t.
+      server_update: f32[d], FLTrust's root-data update g0 (None when the aggregator does not need it).
+      attack_key: the PRNG key the configured attack uses this round.
+      aggregator_key: the PRNG key the server's aggregator uses this round.
+    """
+
+    updates: jax.Array
+    malicious_mask: jax.Array
+    sampled: jax.Array
+    global_params: jax.Array
+    server_update: Optional[jax.Array]
+    attack_key: jax.Array
+    aggregator_key: jax.Array
 
 
 class History(NamedTuple):
@@ -56,24 +97,47 @@ class FLData(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class Simulation:
-    """The pieces of a run: ``init(key) -> FLState``, ``advance(state) -> (state, History of one block)``.
+    """The pieces of a run, gymnax-style: pure functions of an ``FLState`` and traced ``FLParams``.
 
-    ``run(key)`` = init, then ``lax.scan`` of ``advance`` over ``num_blocks`` blocks. ``round_step`` is one FL
-    round, ``FLState -> (FLState, num_malicious_selected)``, reusable inside other loops (e.g. an RL simulator).
+    * ``init(key) -> FLState``;
+    * ``client_updates(state, params) -> RoundInput``: the server samples ``w`` clients and each computes its
+      honest update (vmapped);
+    * ``server_step(state, submitted f32[w, d], params) -> (state, metrics)``: the server aggregates what was
+      submitted (threading the aggregator's state) and updates theta; ``metrics`` maps ``num_malicious`` and
+      ``aggregate_norm`` to scalars;
+    * ``round_step(state, params) -> (state, num_malicious)``: the two with the configured attack in between;
+    * ``step(state, params=None) -> (state, History of one block)``: ``eval_every`` rounds, then a test evaluation.
+
+    ``run(key, params=None)`` is ``init`` then ``lax.scan`` of ``step`` over ``num_blocks`` blocks. An external
+    attacker (the RL attack's simulator, a user's own attack) drives ``client_updates`` and ``server_step``.
     """
 
     config: FLConfig
     model: FlatModel
     data: FLData
     partition: Partition
+    aggregator: aggregators.Aggregator
+    attack: attacks.Attack
     init: Callable
+    client_updates: Callable
+    server_step: Callable
     round_step: Callable
-    advance: Callable
+    block: Callable
     num_blocks: int
 
-    def run(self, key: jax.Array):
-        """The whole experiment: ``(final_params, History)``; jit it, vmap it over keys."""
-        state, history = jax.lax.scan(lambda s, _: self.advance(s), self.init(key), None, length=self.num_blocks)
+    def default_params(self) -> FLParams:
+        """``FLParams`` from the config: its learning rates, its switch index (0 unless ``attack="switch"`` names
+        one), no hyperparameter overrides."""
+        index = self.config.attack_hparams.get("index", 0) if self.config.attack == "switch" else 0
+        return FLParams(jnp.float32(self.config.lr), jnp.float32(self.config.server_lr), jnp.int32(index))
+
+    def step(self, state: FLState, params: Optional[FLParams] = None):
+        """One evaluation block: ``eval_every`` rounds, then the test metrics -> ``(state, History row)``."""
+        return self.block(state, self.default_params() if params is None else params)
+
+    def run(self, key: jax.Array, params: Optional[FLParams] = None):
+        """The whole experiment: ``(final_params, History)``; jit it, vmap it over keys (and params)."""
+        state, history = scan_steps(lambda s: self.step(s, params), self.init(key), self.num_blocks)
         return state.params, history
 
 
@@ -81,13 +145,15 @@ def make_simulation(config: FLConfig, dataset: Dataset, model: FlatModel) -> Sim
     """Validates ``config`` against the data and model, partitions the data, and builds the pure round functions.
 
     Raises:
-      ValueError: inconsistent config, unknown aggregator/attack, a full-knowledge attack under partial knowledge,
-        a batch larger than some client's data, or a model whose input shape does not match the data.
+      ValueError: inconsistent config, unknown aggregator/attack, a pre-aggregator as the final rule, a
+        full-knowledge attack under partial knowledge, a batch larger than some client's data, or a model whose
+        input shape does not match the data.
     """
     config.validate()
     if tuple(model.input_shape) != tuple(dataset.input_shape):
         raise ValueError(f"model input shape {model.input_shape} does not match dataset {dataset.input_shape}")
-    aggregate = aggregators.get(config.aggregator, **dict(config.aggregator_hparams))
+    aggregator = aggregators.check_final(aggregators.get(config.aggregator, **dict(config.aggregator_hparams)),
+                                         f"FLConfig.aggregator={config.aggregator!r}")
     attack = attacks.get(config.attack, **dict(config.attack_hparams))
     if attack.needs_full_knowledge and config.knowledge != "full":
         raise ValueError(f"attack {config.attack!r} needs the benign updates (knowledge='full')")
@@ -101,57 +167,94 @@ def make_simulation(config: FLConfig, dataset: Dataset, model: FlatModel) -> Sim
     data = FLData(*(jnp.asarray(a) for a in (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test,
                                               part.indices, part.sizes, dataset.x_train[root], dataset.y_train[root])))
     client_update = _make_client_update(config, model)
-    poisons_data = attack.poison_data is not attacks.none.poison_data
     attacked = config.attack != "none" and config.num_malicious > 0
+    needs_g0 = "server_update" in aggregator.needs
+    w = config.clients_per_round
+
+    def aggregator_for(params: FLParams) -> aggregators.Aggregator:
+        if not params.aggregator_hparams:
+            return aggregator
+        return aggregators.get(config.aggregator, **{**dict(config.aggregator_hparams), **params.aggregator_hparams})
+
+    def attack_for(params: FLParams) -> attacks.Attack:
+        if config.attack == "switch":
+            return attacks.get("switch", **{**dict(config.attack_hparams), "index": params.attack_index})
+        if not params.attack_hparams:
+            return attack
+        return attacks.get(config.attack, **{**dict(config.attack_hparams), **params.attack_hparams})
+
+    def round_keys(key):
+        """``(next, sample, batch, poison, client, attack, aggregator)`` keys of the round started by ``key``."""
+        return jax.random.split(key, 7)
+
+    def server_update_at(params_flat, k_client, lr):
+        return client_update(params_flat, data.x_root[None], data.y_root[None], k_client, lr)
 
     def init(key):
         init_key, key = jax.random.split(key)
         params = model.init(init_key)
-        return FLState(params, jnp.zeros_like(params), jnp.zeros((), jnp.int32), key)
+        return FLState(params, aggregator.init(params.shape[0]), jnp.zeros((), jnp.int32), key)
 
-    def round_step(state: FLState):
-        key, k_sample, k_batch, k_poison, k_client, k_attack, k_agg = jax.random.split(state.key, 7)
-        sampled = sample_clients(k_sample, config.num_clients, config.clients_per_round)
+    def client_updates(state: FLState, params: FLParams) -> RoundInput:
+        _, k_sample, k_batch, k_poison, k_client, k_attack, k_agg = round_keys(state.key)
+        sampled = sample_clients(k_sample, config.num_clients, w)
         malicious = sampled < config.num_malicious
-        batch_keys = jax.random.split(k_batch, (config.clients_per_round, config.local_steps))
+        batch_keys = jax.random.split(k_batch, (w, config.local_steps))
         idx = jax.vmap(jax.vmap(sample_batch, (0, None, None, None)), (0, 0, 0, None))(
             batch_keys, data.client_indices[sampled], data.client_sizes[sampled], config.batch_size)
         x, y = data.x_train[idx], data.y_train[idx]  # [w, steps, B, ...]
-        if poisons_data:
-            px, py = jax.vmap(attack.poison_data)(jax.random.split(k_poison, config.clients_per_round), x, y)
+        current_attack = attack_for(params)
+        if attacked and current_attack.poisons_data:
+            px, py = jax.vmap(current_attack.poison_data)(jax.random.split(k_poison, w), x, y)
             x = jnp.where(_expand(malicious, x), px, x)
             y = jnp.where(_expand(malicious, y), py, y)
-        client_keys = jax.random.split(k_client, config.clients_per_round)
-        honest = jax.vmap(client_update, (None, 0, 0, 0))(state.params, x, y, client_keys)
-        server_update = client_update(state.params, data.x_root[None], data.y_root[None], k_client)
-        round_aggregate = functools.partial(aggregate, key=k_agg, server_update=server_update,
-                                            previous_aggregate=state.previous_aggregate)
-        submitted = honest
-        if attacked:
-            visible = honest if config.knowledge == "full" else jnp.where(malicious[:, None], honest, 0.0)
-            inp = AttackInput(state.params, visible, malicious, state.round, aggregate=round_aggregate,
-                              full_knowledge=config.knowledge == "full")
-            submitted = jnp.where(malicious[:, None], attack.craft(k_attack, inp), honest)
-        agg = round_aggregate(submitted)
-        if config.mode == "fedsgd":
-            params = state.params - config.lr * agg
-        else:
-            params = state.params + config.server_lr * agg
-        new_state = FLState(params, agg, state.round + 1, key)
-        return new_state, jnp.sum(malicious.astype(jnp.int32))
+        client_keys = jax.random.split(k_client, w)
+        honest = jax.vmap(client_update, (None, 0, 0, 0, None))(state.params, x, y, client_keys, params.lr)
+        g0 = server_update_at(state.params, k_client, params.lr) if needs_g0 else None
+        return RoundInput(honest, malicious, sampled, state.params, g0, k_attack, k_agg)
 
-    def advance(state: FLState):
-        state, counts = jax.lax.scan(lambda s, _: round_step(s), state, None, length=config.eval_every,
+    def server_step(state: FLState, submitted: jax.Array, params: FLParams):
+        key, k_sample, _, _, k_client, _, k_agg = round_keys(state.key)
+        malicious = sample_clients(k_sample, config.num_clients, w) < config.num_malicious
+        g0 = server_update_at(state.params, k_client, params.lr) if needs_g0 else None
+        agg, agg_state = aggregator_for(params).update(submitted, state.aggregator_state, key=k_agg,
+                                                       server_update=g0)
+        if config.mode == "fedsgd":
+            new_params = state.params - params.lr * agg
+        else:
+            new_params = state.params + params.server_lr * agg
+        metrics = {"num_malicious": jnp.sum(malicious.astype(jnp.int32)), "aggregate_norm": jnp.linalg.norm(agg)}
+        return FLState(new_params, agg_state, state.round + 1, key), metrics
+
+    def round_step(state: FLState, params: FLParams):
+        rin = client_updates(state, params)
+        submitted = rin.updates
+        if attacked:
+            visible = rin.updates if config.knowledge == "full" else jnp.where(rin.malicious_mask[:, None],
+                                                                                rin.updates, 0.0)
+            inp = AttackInput(visible, rin.malicious_mask, state.round, global_params=state.params,
+                              aggregator_state=state.aggregator_state, aggregator_key=rin.aggregator_key,
+                              server_update=rin.server_update, aggregator=aggregator_for(params),
+                              full_knowledge=config.knowledge == "full")
+            crafted = attack_for(params).craft(rin.attack_key, inp)
+            submitted = jnp.where(rin.malicious_mask[:, None], crafted, rin.updates)
+        state, metrics = server_step(state, submitted, params)
+        return state, metrics["num_malicious"]
+
+    def block(state: FLState, params: FLParams):
+        state, counts = jax.lax.scan(lambda s, _: round_step(s, params), state, None, length=config.eval_every,
                                      unroll=min(config.unroll, config.eval_every))
         logits = model.apply(state.params, data.x_test)
         record = History(state.round, accuracy(logits, data.y_test), cross_entropy(logits, data.y_test), counts[-1])
         return state, record
 
-    return Simulation(config, model, data, part, init, round_step, advance, config.rounds // config.eval_every)
+    return Simulation(config, model, data, part, aggregator, attack, init, client_updates, server_step, round_step,
+                      block, config.rounds // config.eval_every)
 
 
 def make_run(config: FLConfig, dataset: Dataset, model: FlatModel) -> Callable:
-    """``run(key) -> (final_params f32[d], History)``: the whole FL experiment as one pure, jittable function.
+    """``run(key, params=None) -> (final_params f32[d], History)``: the whole FL experiment as one pure, jittable
+    function.
 
     ``jax.jit(jax.vmap(run))(keys)`` runs many seeds at once. Validation happens here, before tracing.
     """
@@ -161,42 +264,41 @@ def make_run(config: FLConfig, dataset: Dataset, model: FlatModel) -> Callable:
 def make_attack_sweep(config: FLConfig, dataset: Dataset, model: FlatModel, members) -> Callable:
     """``sweep(keys, attack_index) -> History``, jitted: one compilation serves every attack in ``members``.
 
-    ``members`` is a sequence of ``(attack_name, hparams)``; the run uses ``attacks.switch`` on the int32
-    ``attack_index`` (an argument, not a constant, so changing it does not recompile; keep it unbatched). Seeds
-    (``keys`` of shape [S]) are vmapped. ``config.attack`` is ignored. Validation happens here, before tracing.
+    ``members`` is a sequence of ``(attack_name, hparams)``; the run uses ``attacks.switch`` on
+    ``FLParams.attack_index``. ``config.attack`` is ignored; seeds (``keys`` of shape [S]) are vmapped. A scalar
+    ``attack_index`` runs one member (only its branch executes: the cheap way to loop over attacks); an int32[A]
+    vector vmaps the run over ``FLParams`` and returns Histories with a leading axis A (every branch then executes
+    for every member, as ``lax.switch`` does under ``vmap``). Validation happens here, before tracing.
     """
     members = tuple((name, dict(hparams)) for name, hparams in members)
     config = dataclasses.replace(config, attack="switch", attack_hparams={"members": members, "index": 0})
-    make_simulation(config, dataset, model)
+    sim = make_simulation(config, dataset, model)
 
-    def sweep(keys, index):
-        cfg = dataclasses.replace(config, attack_hparams={"members": members, "index": index})
-        return jax.vmap(make_run(cfg, dataset, model))(keys)[1]
+    def over_seeds(keys, params):
+        return jax.vmap(sim.run, (0, None))(keys, params)[1]
+
+    def sweep(keys, attack_index):
+        index = jnp.asarray(attack_index, jnp.int32)
+        params = sim.default_params().replace(attack_index=index)
+        if index.ndim == 0:
+            return over_seeds(keys, params)
+        params = params.replace(lr=jnp.broadcast_to(params.lr, index.shape),
+                                server_lr=jnp.broadcast_to(params.server_lr, index.shape))
+        return jax.vmap(over_seeds, (None, 0))(keys, params)
 
     return jax.jit(sweep)
 
 
-def run_with_progress(sim: Simulation, keys: jax.Array, chunk_blocks: Optional[int] = None, desc: str = "FL rounds"):
+def run_with_progress(sim: Simulation, keys: jax.Array, chunk_blocks: Optional[int] = None, desc: str = "FL rounds",
+                      params: Optional[FLParams] = None):
     """Runs ``sim`` for a batch of seeds ``keys`` (shape [S] of keys) with a tqdm bar over rounds.
 
-    The scan runs in jitted chunks of ``chunk_blocks`` evaluation blocks (default: about 20 chunks), so the bar
-    moves without callbacks in the hot loop. Returns ``(final_params f32[S, d], History with leading axis S)``,
+    The shared chunked runner (``fedjax_attacks.runner.run_chunked``) runs chunks of ``chunk_blocks`` evaluation
+    blocks (default: about 20 chunks). Returns ``(final_params f32[S, d], History with leading axis S)``,
     identical to ``jax.vmap(sim.run)(keys)``.
     """
-    n = sim.num_blocks
-    chunk = chunk_blocks or max(1, n // 20)
-    chunk = max(c for c in range(1, min(chunk, n) + 1) if n % c == 0)
-    init = jax.jit(jax.vmap(sim.init))
-    step = jax.jit(jax.vmap(lambda s: jax.lax.scan(lambda c, _: sim.advance(c), s, None, length=chunk)))
-    state = init(keys)
-    pieces = []
-    with tqdm(total=sim.config.rounds, desc=desc, unit="round") as bar:
-        for _ in range(n // chunk):
-            state, hist = step(state)
-            pieces.append(hist)
-            jax.block_until_ready(state.params)
-            bar.update(chunk * sim.config.eval_every)
-    history = History(*(jnp.concatenate(parts, axis=1) for parts in zip(*pieces)))
+    state, history = run_chunked(sim.init, lambda s: sim.step(s, params), sim.num_blocks, keys, chunk=chunk_blocks,
+                                 desc=desc, unit="round", unit_scale=sim.config.eval_every)
     return state.params, history
 
 
@@ -218,18 +320,17 @@ def _expand(mask, like):
 
 
 def _make_client_update(config: FLConfig, model: FlatModel) -> Callable:
-    """``update(theta, x f32[steps, B, ...], y, key) -> f32[d]``: a gradient (FedSGD) or a model delta (FedAvg)."""
+    """``update(theta, x f32[steps, B, ...], y, key, lr) -> f32[d]``: a gradient (FedSGD) or a model delta (FedAvg,
+    ``local_steps`` SGD steps at the clients' learning rate ``lr``)."""
     grad = jax.grad(model.loss)
     if config.mode == "fedsgd":
-        return lambda params, x, y, key: grad(params, x[0], y[0])
+        return lambda params, x, y, key, lr: grad(params, x[0], y[0])
 
-    def fedavg_update(params, x, y, key):
+    def fedavg_update(params, x, y, key, lr):
         def local_step(p, batch):
-            return p - config.lr * grad(p, *batch), None
+            return p - lr * grad(p, *batch), None
 
         local, _ = jax.lax.scan(local_step, params, (x, y))
         return local - params
 
     return fedavg_update
-
-

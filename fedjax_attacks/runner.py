@@ -1,0 +1,76 @@
+"""The one run protocol shared by FL, PPO, TD3, DQN, ByzPG and DecByzPG, and its chunked runner.
+
+Every long run is ``init(key) -> state`` and ``step(state) -> (state, metrics)`` for one unit of work (an FL
+evaluation block, a PPO update, a DecByzPG iteration); ``run(key)`` is ``lax.scan`` of ``step`` from ``init``.
+``run_chunked`` runs the same scan in jitted chunks from Python, so a tqdm bar moves without callbacks in the hot
+loop; it is also the one place a checkpoint hook belongs. Its result equals ``run`` (``vmap(run)`` for a batch of
+keys).
+"""
+
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+from tqdm.auto import tqdm
+
+
+def scan_steps(step: Callable, state: Any, num_steps: int):
+    """``lax.scan`` of ``step: state -> (state, metrics)`` for ``num_steps`` steps: ``(state, stacked metrics)``."""
+    return jax.lax.scan(lambda carry, _: step(carry), state, None, length=num_steps)
+
+
+def run_chunked(init: Callable, step: Callable, num_steps: int, key: jax.Array, *, chunk: Optional[int] = None,
+                desc: str = "run", unit: str = "step", unit_scale: int = 1, progress: bool = True):
+    """Runs ``init`` then ``num_steps`` calls of ``step`` in jitted chunks of ``chunk`` steps, with a tqdm bar.
+
+    Args:
+      init: ``init(key) -> state``.
+      step: ``step(state) -> (state, metrics)`` (a pytree of arrays).
+      num_steps: how many steps the whole run takes (static).
+      key: one PRNG key, or a batch of keys (shape ``[S]`` of typed keys or ``[S, 2]`` of raw ``uint32`` keys),
+        in which case every seed runs at once under ``vmap``.
+      chunk: steps per jitted call (default: about 20 chunks); the last chunk may be shorter (one more compile).
+      desc, unit, unit_scale: the bar's label, unit name and units per step (e.g. rounds per FL block).
+      progress: show the bar.
+
+    Returns:
+      ``(final state, metrics stacked over steps)``; with a batch of keys both have a leading seed axis and the
+      step axis is axis 1. Identical to ``scan_steps(step, init(key), num_steps)`` (vmapped for a batch).
+    """
+    if not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"run_chunked: num_steps must be an int >= 1, got {num_steps!r}")
+    batched = _is_key_batch(key)
+    chunk = chunk or max(1, num_steps // 20)
+    if not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"run_chunked: chunk must be an int >= 1, got {chunk!r}")
+    chunk = min(chunk, num_steps)
+
+    def run_chunk(state, length):
+        return scan_steps(step, state, length)
+
+    wrap = jax.vmap if batched else (lambda f, **_: f)
+    init_fn = jax.jit(wrap(init))
+    chunk_fns = {}
+    state = init_fn(key)
+    pieces = []
+    done = 0
+    with tqdm(total=num_steps * unit_scale, desc=desc, unit=unit, disable=not progress) as bar:
+        while done < num_steps:
+            length = min(chunk, num_steps - done)
+            if length not in chunk_fns:
+                chunk_fns[length] = jax.jit(wrap(lambda s, n=length: run_chunk(s, n)))
+            state, metrics = chunk_fns[length](state)
+            jax.block_until_ready(state)
+            pieces.append(metrics)
+            done += length
+            bar.update(length * unit_scale)
+    axis = 1 if batched else 0
+    metrics = jax.tree_util.tree_map(lambda *parts: jnp.concatenate(parts, axis=axis), *pieces)
+    return state, metrics
+
+
+def _is_key_batch(key) -> bool:
+    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key.ndim == 1
+    return key.ndim == 2
