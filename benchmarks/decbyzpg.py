@@ -39,7 +39,8 @@ def parse_args(argv=None):
     p = common.parser("decbyzpg", __doc__.split("\n\n")[0])
     p.add_argument("--envs", default="CartPole-v1,Acrobot-v1", help="comma-separated (default: %(default)s)")
     p.add_argument("--algorithms", default="dec,byz", help="dec and/or byz (default: %(default)s)")
-    p.add_argument("--behaviours", default=",".join(BEHAVIOURS), help="attacks (default: %(default)s)")
+    p.add_argument("--behaviours", default=",".join(BEHAVIOURS),
+                   help="the paper's behaviours or any FL attack name, e.g. alie,ipm (default: %(default)s)")
     p.add_argument("--figures", default="speedup,attacks", help="speedup and/or attacks (default: %(default)s)")
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--max-trajectories", type=int, default=5000, help="per agent")
@@ -69,13 +70,13 @@ def parse_args(argv=None):
 
 
 def variants(args, preset, algorithm):
-    """``{label: Config}`` of the two figures for one environment and algorithm."""
+    """``{label: DecByzPGConfig}`` of the two figures for one environment and algorithm."""
     robust_name, plain_name = NAMES[algorithm]
     sizes = [int(k) for k in args.agents.split(",")]
     big = max(sizes)
     robust = dict(aggregator=args.aggregator, bucket_size=args.bucket_size, agreement=args.agreement,
-                  aggregator_hparams=(("num_iters", 8), ("smoothing", 0.1)) if args.aggregator in
-                  ("geometric_median", "rfa") else ())
+                  aggregator_hparams={"num_iters": 8, "smoothing": 0.1} if args.aggregator in
+                  ("geometric_median", "rfa") else {})
     plain = dict(aggregator="mean", agreement="none")
     if algorithm == "dec":  # Dec-PAGE-PG as in the authors' code: agents also average small-batch estimates
         plain["aggregate_every_iteration"] = not args.paper_dec_baseline
@@ -87,7 +88,8 @@ def variants(args, preset, algorithm):
                 preset, num_agents=k, **robust)
         out[f"{plain_name} K={big}"] = dataclasses.replace(preset, num_agents=big, **plain)
     for behaviour in (args.behaviours.split(",") if "attacks" in figures else []):
-        attacked = dict(num_agents=big, num_byzantine=args.num_byzantine, behaviour=behaviour)
+        attacked = dict(num_agents=big, num_byzantine=args.num_byzantine,
+                        **frl.BEHAVIOURS.get(behaviour, {"attack": behaviour}))
         out[f"{plain_name} K={big} {behaviour}"] = dataclasses.replace(preset, **attacked, **plain)
         out[f"{robust_name} K={big} {behaviour}"] = dataclasses.replace(preset, **attacked, **robust)
     return out
@@ -114,13 +116,13 @@ def run_variant(config, algorithm, schedules, seeds, chunk, grid, bar):
     make = frl.make_decbyzpg if algorithm == "dec" else frl.make_byzpg
     alg = make(config)
     start = time.perf_counter()
-    init = jax.jit(jax.vmap(alg.init))
+    init = jax.jit(jax.vmap(alg.init, in_axes=(0, None)))
     iterate = jax.jit(jax.vmap(alg.iterate, in_axes=(0, None)))
     keys = jax.random.split(jax.random.PRNGKey(0), seeds)
     keys = keys.reshape(len(schedules), seeds // len(schedules), *keys.shape[1:])
     curves, diameters = [], []
     for group_keys, switches in zip(keys, schedules):
-        state, returns = init(group_keys), []
+        state, returns = init(group_keys, switches), []
         for i in range(0, len(switches), chunk):
             state, history = iterate(state, switches[i:i + chunk])
             returns.append(np.asarray(history["returns"]))

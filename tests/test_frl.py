@@ -8,16 +8,16 @@ import numpy as np
 import optax
 import pytest
 
-from fedjax_attacks import frl
+from fedjax_attacks import aggregators, frl
 from fedjax_attacks.rl import policy_gradient as pg
 
-TOY = frl.Config(num_agents=1, aggregator="mean", agreement="none", large_batch=4, small_batch=2, horizon=30,
+TOY = frl.DecByzPGConfig(num_agents=1, aggregator="mean", agreement="none", large_batch=4, small_batch=2, horizon=30,
                  hidden=(8,), learning_rate=1e-2)
 
 
 def reference_ops(config):
     """Jitted single-agent building blocks: GPOMDP on N fresh trajectories, PAGE-PG on B fresh trajectories."""
-    env, env_params, policy = frl.common.make_env_and_policy(config)
+    env, env_params, policy = frl.base.make_env_and_policy(config)
 
     def sample(key, theta, batch):
         return pg.sample_trajectories(key, policy, theta, env, env_params, num_episodes=batch,
@@ -33,7 +33,7 @@ def reference_ops(config):
 def page_pg_loop(config, key, switches):
     """Single-agent PAGE-PG as a plain Python loop, drawing keys the way DecByzPG does for agent 0."""
     gpomdp, page = reference_ops(config)
-    state = frl.make_decbyzpg(config).init(key)
+    state = frl.make_decbyzpg(config).init(key, switches)
     key, theta = state.key, state.theta[0]
     theta_prev, v = theta, jnp.zeros_like(theta)
     optimizer = optax.adam(config.learning_rate)
@@ -71,7 +71,7 @@ def test_byzpg_matches_a_loop_reference():
     switches = np.array([True, False, True, False])
     alg = frl.make_byzpg(config)
     gpomdp, page = reference_ops(config)
-    state = alg.init(jax.random.PRNGKey(5))
+    state = alg.init(jax.random.PRNGKey(5), switches)
     final, _ = jax.jit(alg.iterate)(state, switches)
     key, theta = state.key, state.theta
     theta_prev, v = theta, jnp.zeros_like(theta)
@@ -92,9 +92,9 @@ def test_byzpg_matches_a_loop_reference():
 def test_avg_zero_cancels_plain_averaging(make):
     """AvgZero makes every mean-aggregated large-batch estimate 0 (up to float rounding, which Adam's
     scale-free step would still turn into full-size random steps)."""
-    config = dataclasses.replace(TOY, num_agents=5, num_byzantine=2, behaviour="avg_zero")
+    config = dataclasses.replace(TOY, num_agents=5, num_byzantine=2, attack="avg_zero")
     alg = make(config)
-    attacked, _ = jax.jit(alg.iterate)(alg.init(jax.random.PRNGKey(0)), np.ones(1, bool))
+    attacked, _ = jax.jit(alg.iterate)(alg.init(jax.random.PRNGKey(0), np.ones(1, bool)), np.ones(1, bool))
     assert float(jnp.abs(attacked.v).max()) < 1e-4  # honest GPOMDP entries here are O(1) to O(10)
 
 
@@ -115,7 +115,7 @@ def test_aggregating_every_iteration_keeps_plain_averaging_agents_in_step():
 
 def test_config_validation():
     with pytest.raises(ValueError, match="num_byzantine"):
-        frl.make_decbyzpg(dataclasses.replace(TOY, num_agents=3, num_byzantine=3, behaviour="large_noise"))
+        frl.make_decbyzpg(dataclasses.replace(TOY, num_agents=3, num_byzantine=3, attack="large_noise"))
     with pytest.raises(ValueError, match="behaviour"):
         frl.make_decbyzpg(dataclasses.replace(TOY, num_agents=3, num_byzantine=1))
     with pytest.raises(ValueError, match="unknown aggregator"):
@@ -124,3 +124,65 @@ def test_config_validation():
         frl.make_decbyzpg(dataclasses.replace(TOY, switch_prob=0.0))
     with pytest.raises(ValueError, match="agreement rule"):
         frl.make_decbyzpg(dataclasses.replace(TOY, agreement="avg"))
+
+
+def _counting_rule():
+    """A stateful rule whose output is its state plus one: it shows where, and how often, FRL threads the state."""
+    def update(updates, state, **context):
+        return state + 1.0, state + 1.0
+
+    return aggregators.Aggregator(lambda dim: jnp.zeros((dim,)), update, name="counting")
+
+
+@pytest.mark.parametrize("make", [frl.make_decbyzpg, frl.make_byzpg])
+def test_frl_threads_the_aggregator_state_on_large_batch_iterations(make):
+    aggregators.register("test_counting", _counting_rule)
+    config = dataclasses.replace(TOY, num_agents=3, aggregator="test_counting")
+    alg = make(config)
+    final, _ = jax.jit(alg.run)(jax.random.PRNGKey(1), np.array([True, False, True, False]))
+    np.testing.assert_array_equal(np.asarray(final.aggregator_state), 2.0)  # two aggregations, state carried
+
+
+def test_centered_clipping_in_frl_clips_around_its_own_centre():
+    """ByzPG's server keeps centered clipping's centre: the aggregate is its state and each round moves it by
+    at most tau from where the previous round left it."""
+    tau = 1e-3
+    config = dataclasses.replace(TOY, num_agents=3, aggregator="centered_clipping", aggregator_hparams={"tau": tau})
+    alg = frl.make_byzpg(config)
+    state = alg.init(jax.random.PRNGKey(1), np.ones(3, bool))
+    first, _ = jax.jit(alg.step)(state)
+    second, _ = jax.jit(alg.step)(first)
+    for s in (first, second):
+        np.testing.assert_array_equal(s.aggregator_state, s.v)
+    assert 0 < float(jnp.linalg.norm(first.v)) <= tau * (1 + 1e-5)
+    assert float(jnp.linalg.norm(second.v - first.v)) <= tau * (1 + 1e-5)
+
+
+@pytest.mark.parametrize("make", [frl.make_decbyzpg, frl.make_byzpg])
+def test_ipm_flips_plain_averaging_but_not_the_median(make):
+    """IPM (an FL attack) from one of five agents: the mean of the received estimates points against the honest
+    mean, the coordinate-wise median does not."""
+    inner = {}
+    for aggregator in ("mean", "median"):
+        config = dataclasses.replace(TOY, num_agents=5, num_byzantine=1, attack="ipm", attack_hparams={"eps": 20.0},
+                                     aggregator=aggregator)
+        alg = make(config)
+        state = alg.init(jax.random.PRNGKey(0), np.ones(1, bool))
+        attacked, _ = jax.jit(alg.step)(state)
+        honest_cfg = dataclasses.replace(config, num_byzantine=0, attack="none", attack_hparams={})
+        honest_alg = make(honest_cfg)
+        clean, _ = jax.jit(honest_alg.step)(honest_alg.init(jax.random.PRNGKey(0), np.ones(1, bool)))
+        v, v_clean = np.asarray(attacked.v).reshape(-1, state.theta.shape[-1]), np.asarray(clean.v)
+        inner[aggregator] = float(np.sum(v[-1] * v_clean.reshape(-1, v.shape[-1])[-1]))
+    assert inner["mean"] < 0 < inner["median"]
+
+
+def test_decbyzpg_runs_under_alie_and_refuses_fltrust():
+    config = dataclasses.replace(TOY, num_agents=5, num_byzantine=1, attack="alie", aggregator="median",
+                                 agreement="mda")
+    state, history = jax.jit(frl.make_decbyzpg(config).run)(jax.random.PRNGKey(2), np.array([True, False]))
+    assert np.all(np.isfinite(np.asarray(state.theta))) and np.all(np.isfinite(history["returns"]))
+    with pytest.raises(ValueError, match="server"):
+        frl.make_decbyzpg(dataclasses.replace(TOY, num_agents=3, aggregator="fltrust"))
+    with pytest.raises(ValueError, match="pre-aggregator"):
+        frl.make_byzpg(dataclasses.replace(TOY, num_agents=3, aggregator="norm_clip"))

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fedjax_attacks import attacks, frl
 from fedjax_attacks.frl import agreement as agr
 from fedjax_attacks.frl import byzantine as byz
 
@@ -57,7 +58,8 @@ def test_agreement_shrinks_honest_diameter(rule, behaviour):
     honest = ~byzantine
     before = float(agr.diameter(params, honest))
     honest_hull_max = np.abs(np.asarray(params)[np.asarray(honest)]).max()
-    after = agr.average_agreement(jax.random.PRNGKey(2), rule, params, byzantine, behaviour, f, num_rounds=3)
+    after = agr.average_agreement(jax.random.PRNGKey(2), rule, params, byzantine, attacks.get(behaviour), f,
+                                  num_rounds=3)
     assert float(agr.diameter(after, honest)) < 0.5 * before
     # the honest agents stay within the honest inputs' range (the Byzantine vectors were filtered out)
     assert np.abs(np.asarray(after)[np.asarray(honest)]).max() <= honest_hull_max + 1e-5
@@ -67,7 +69,7 @@ def test_avg_zero_makes_the_plain_average_zero():
     n, f = 6, 2
     grads = jax.random.normal(jax.random.PRNGKey(0), (n, 5))
     byzantine = jnp.array([False, True, False, False, True, False])
-    received = byz.received(jax.random.PRNGKey(1), "avg_zero", grads, byzantine)
+    received = byz.received(jax.random.PRNGKey(1), attacks.get("avg_zero"), grads, byzantine, 0)
     np.testing.assert_allclose(np.asarray(received.mean(0)), 0.0, atol=1e-6)
     np.testing.assert_array_equal(np.asarray(received)[~np.asarray(byzantine)],
                                   np.asarray(grads)[~np.asarray(byzantine)])
@@ -78,7 +80,7 @@ def test_large_noise_differs_per_recipient_and_keeps_honest_messages():
     n = 5
     vectors = jnp.ones((n, 3))
     byzantine = jnp.array([True, False, False, False, False])
-    messages = np.asarray(byz.broadcast(jax.random.PRNGKey(0), "large_noise", vectors, byzantine))
+    messages = np.asarray(byz.broadcast(jax.random.PRNGKey(0), attacks.get("large_noise"), vectors, byzantine, 0))
     assert messages.shape == (n, n, 3)
     assert np.all(messages[:, 1:] == 1.0)
     assert np.all(np.abs(messages[:, 0]) <= 1000.0) and np.abs(messages[:, 0]).max() > 100.0
@@ -86,9 +88,19 @@ def test_large_noise_differs_per_recipient_and_keeps_honest_messages():
 
 
 def test_unknown_names_raise():
-    with pytest.raises(ValueError, match="behaviour"):
-        byz.check_behaviour("flip")
+    with pytest.raises(ValueError, match="unknown attack"):
+        frl.DecByzPGConfig(num_byzantine=1, attack="flip").validate()
     with pytest.raises(ValueError, match="agreement rule"):
         agr.check_rule("median", 5, 1)
     with pytest.raises(ValueError, match="num_byzantine"):
         agr.check_rule("mda", 5, 5)
+
+
+def test_alie_messages_sit_z_sigma_below_the_honest_mean():
+    vectors = jax.random.normal(jax.random.PRNGKey(0), (7, 4)) + 2.0
+    byzantine = jnp.array([True, False, False, True, False, False, False])
+    received = np.asarray(byz.received(jax.random.PRNGKey(1), attacks.get("alie", z=1.5), vectors, byzantine, 0))
+    honest = np.asarray(vectors)[~np.asarray(byzantine)]
+    expected = honest.mean(0) - 1.5 * honest.std(0)
+    np.testing.assert_allclose(received[np.asarray(byzantine)], np.broadcast_to(expected, (2, 4)), rtol=1e-5)
+    np.testing.assert_array_equal(received[~np.asarray(byzantine)], honest)

@@ -1,11 +1,27 @@
 """Federated RL with Byzantine agents: ByzPG (centralized) and DecByzPG (decentralized), Jordan et al. 2024.
 
-``common.Config`` holds the hyperparameters (defaults: the paper's CartPole setting), ``make_byzpg`` /
-``make_decbyzpg`` build ``Algorithm(init, iterate, run, policy)``, ``byzantine`` has the attack behaviours
-(RandomAction, LargeNoise, AvgZero) and ``agreement`` the averaging agreement rules (MDA, GDA).
+``ByzPGConfig`` / ``DecByzPGConfig`` hold the hyperparameters (``CARTPOLE`` and ``ACROBOT`` are the paper's
+settings), ``make_byzpg`` / ``make_decbyzpg`` build ``Algorithm(init, step, iterate, run, policy)`` in the
+library's run protocol. Byzantine agents send what any ``fedjax_attacks.attacks`` attack crafts
+(``attack="large_noise"``, ``"avg_zero"``, ``"alie"``, ``"ipm"``, ...); ``random_actions=True`` is RandomAction;
+``BEHAVIOURS`` maps the paper's three behaviours to config changes. ``agreement`` has the averaging agreement
+rules (MDA, GDA).
 """
 
-from fedjax_attacks.frl import agreement, byzantine, common
+from fedjax_attacks.frl import agreement, base, byzantine, config
+from fedjax_attacks.frl.base import Algorithm, State
 from fedjax_attacks.frl.byzpg import make_byzpg
-from fedjax_attacks.frl.common import ACROBOT, CARTPOLE, Config, sample_switches, trajectories_per_iteration
-from fedjax_attacks.frl.decbyzpg import Algorithm, State, make_decbyzpg
+from fedjax_attacks.frl.config import (
+    ACROBOT,
+    BEHAVIOURS,
+    CARTPOLE,
+    ByzPGConfig,
+    DecByzPGConfig,
+    sample_switches,
+    trajectories_per_iteration,
+)
+from fedjax_attacks.frl.decbyzpg import make_decbyzpg
+
+__all__ = ["ACROBOT", "Algorithm", "BEHAVIOURS", "ByzPGConfig", "CARTPOLE", "DecByzPGConfig", "State",
+           "agreement", "base", "byzantine", "config", "make_byzpg", "make_decbyzpg", "sample_switches",
+           "trajectories_per_iteration"]

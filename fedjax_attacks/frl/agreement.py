@@ -18,22 +18,23 @@ import jax
 import jax.numpy as jnp
 
 from fedjax_attacks import aggregators
+from fedjax_attacks.attacks.base import Attack
 from fedjax_attacks.frl import byzantine as byz
 
 RULES = ("mda", "gda", "none")
 MAX_MDA_SUBSETS = 100_000
 
 
-def pairwise_distances(vectors) -> jax.Array:
-    """Euclidean distances ``||x_a - x_b||``, f32[n, n]; non-finite entries (NaN/Inf inputs) become ``+inf``."""
-    sq = jnp.sum((vectors[:, None, :] - vectors[None, :, :]) ** 2, axis=-1)
-    dist = jnp.sqrt(jnp.maximum(sq, 0.0))
-    return jnp.where(jnp.isfinite(dist), dist, jnp.inf)
+def pairwise_distances(vectors, mask=None) -> jax.Array:
+    """Euclidean distances ``||x_a - x_b||``, f32[n, n], from the library's one pairwise-distance function
+    (``aggregators.pairwise_sq_dists``: centred rows, ``HIGHEST`` precision); non-finite inputs, and rows outside
+    ``mask`` when given, give ``+inf``."""
+    return jnp.sqrt(aggregators.pairwise_sq_dists(vectors, mask))
 
 
 def diameter(vectors, mask=None) -> jax.Array:
     """``max_{a, b} ||x_a - x_b||`` over the rows with ``mask`` (all rows by default)."""
-    dist = pairwise_distances(vectors)
+    dist = pairwise_distances(vectors, mask)
     if mask is not None:
         dist = jnp.where(mask[:, None] & mask[None, :], dist, 0.0)
     return jnp.max(dist)
@@ -65,24 +66,25 @@ def check_rule(rule: str, num_agents: int, num_byzantine: int) -> None:
             raise ValueError(f"MDA over C({num_agents}, {num_byzantine}) subsets is too large; use 'gda'")
 
 
-def agree_once(key, rule: str, params, byzantine, behaviour: str, num_byzantine: int,
-               noise_scale: float = 1000.0) -> jax.Array:
-    """One all-to-all round of ``rule`` on ``params: f32[n, d]`` with Byzantine senders; returns f32[n, d].
+def agree_once(key, rule: str, params, byzantine, attack: Attack, num_byzantine: int, round_index=0,
+               per_recipient: bool = True) -> jax.Array:
+    """One all-to-all round of ``rule`` on ``params: f32[n, d]``; the Byzantine senders' messages are crafted by
+    ``attack`` (``fedjax_attacks.frl.byzantine.broadcast``). Returns f32[n, d].
 
     Byzantine agents still run the rule on their own state (they cannot alter local state, Sec. 3.1).
     """
     if rule == "none":
         return params
-    messages = byz.broadcast(key, behaviour, params, byzantine, noise_scale)  # [recipient, sender, d]
+    messages = byz.broadcast(key, attack, params, byzantine, round_index, per_recipient)  # [recipient, sender, d]
     if rule == "mda":
         return jax.vmap(mda, in_axes=(0, None))(messages, num_byzantine)
     return jax.vmap(gda, in_axes=(0, 0, None))(params, messages, num_byzantine)
 
 
-def average_agreement(key, rule: str, params, byzantine, behaviour: str, num_byzantine: int, num_rounds: int,
-                      noise_scale: float = 1000.0) -> jax.Array:
+def average_agreement(key, rule: str, params, byzantine, attack: Attack, num_byzantine: int, num_rounds: int,
+                      round_index=0, per_recipient: bool = True) -> jax.Array:
     """Avg-Agree: ``num_rounds`` (static) rounds of ``agree_once``; returns the agents' parameters f32[n, d]."""
     def round_(theta, k):
-        return agree_once(k, rule, theta, byzantine, behaviour, num_byzantine, noise_scale), None
+        return agree_once(k, rule, theta, byzantine, attack, num_byzantine, round_index, per_recipient), None
 
     return jax.lax.scan(round_, params, jax.random.split(key, num_rounds))[0]

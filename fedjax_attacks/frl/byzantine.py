@@ -1,27 +1,17 @@
-"""Byzantine agent behaviours of ByzPG / DecByzPG (Jordan et al., 2024, Sec. 6.2).
+"""Byzantine agents of ByzPG / DecByzPG (Jordan et al., 2024, Sec. 6.2), with the attacks of the FL registry.
 
-A behaviour turns what the ``n`` agents would honestly send, ``vectors: f32[n, d]``, into what a recipient
-receives. Byzantine agents are a bool mask ``byzantine: bool[n]`` (``|B| = f``); the set may change every
-iteration (Assumption 1), see ``byzantine_mask``.
-
-* ``none``: everyone is honest (the mask is ignored by ``received``).
-* ``random_action``: Byzantines act uniformly at random in their environment and otherwise follow the protocol
-  (handled in the rollout: ``acts_randomly``); their messages are their honest computation.
-* ``large_noise``: Byzantines send ``U[-scale, scale]^d`` noise (``scale = 1000`` in the paper), drawn
-  independently for every recipient.
-* ``avg_zero``: Byzantines send ``-(sum_{i honest} x_i) / f`` so that the plain average of all ``n`` messages is 0.
+Byzantine agents are a bool mask ``byzantine: bool[n]`` (``|B| = f``); the set may change every iteration
+(Assumption 1), see ``byzantine_mask``. What they send is any ``fedjax_attacks.attacks.Attack``: its ``craft``
+sees every agent's honest message (``updates``, full knowledge), the mask, and the recipient's aggregator with its
+state. The paper's behaviours: LargeNoise is ``attacks.large_noise`` (``U[-1000, 1000]^d``, fresh per recipient),
+AvgZero is ``attacks.avg_zero`` (``-(sum_{i honest} x_i) / f``, so the plain average of all messages is 0), and
+RandomAction is a rollout behaviour (``acts_randomly``), not a message.
 """
 
 import jax
 import jax.numpy as jnp
 
-BEHAVIOURS = ("none", "random_action", "large_noise", "avg_zero")
-
-
-def check_behaviour(behaviour: str) -> None:
-    """Raises ``ValueError`` for an unknown behaviour name."""
-    if behaviour not in BEHAVIOURS:
-        raise ValueError(f"unknown Byzantine behaviour {behaviour!r}; known: {', '.join(BEHAVIOURS)}")
+from fedjax_attacks.attacks.base import Attack, AttackInput
 
 
 def byzantine_mask(key, num_agents: int, num_byzantine: int, resample: bool) -> jax.Array:
@@ -30,34 +20,47 @@ def byzantine_mask(key, num_agents: int, num_byzantine: int, resample: bool) -> 
     return ranks < num_byzantine
 
 
-def acts_randomly(behaviour: str, byzantine):
+def acts_randomly(random_actions: bool, byzantine):
     """``bool[n]``: which agents replace their policy by uniform random actions (RandomAction); a Python
-    ``False`` for the other behaviours, so rollouts compile without the uniform sampling."""
-    return byzantine if behaviour == "random_action" else False
+    ``False`` when the config has none, so rollouts compile without the uniform sampling."""
+    return byzantine if random_actions else False
 
 
-def received(key, behaviour: str, vectors, byzantine, noise_scale: float = 1000.0) -> jax.Array:
-    """What ONE recipient receives from each of the ``n`` senders, f32[n, d].
+def received(key, attack: Attack, vectors, byzantine, round_index, aggregator=None, aggregator_state=(),
+             aggregator_key=None) -> jax.Array:
+    """What ONE recipient receives from each of the ``n`` senders, f32[n, d]: honest rows as sent, Byzantine rows
+    crafted by ``attack`` from every honest message ``vectors: f32[n, d]``.
 
-    Args:
-      key: PRNG key of this recipient (LargeNoise draws fresh noise per recipient).
-      behaviour: a name in ``BEHAVIOURS`` (static).
-      vectors: f32[n, d], the honest message ``x_i`` of every agent.
-      byzantine: bool[n] Byzantine mask.
-      noise_scale: half-width of LargeNoise's uniform noise.
+    ``aggregator``, ``aggregator_state`` and ``aggregator_key`` are the recipient's (for aggregator-aware attacks).
     """
-    check_behaviour(behaviour)
-    if behaviour == "large_noise":
-        noise = jax.random.uniform(key, vectors.shape, minval=-noise_scale, maxval=noise_scale)
-        return jnp.where(byzantine[:, None], noise, vectors)
-    if behaviour == "avg_zero":
-        honest_sum = jnp.sum(jnp.where(byzantine[:, None], 0.0, vectors), axis=0)
-        num_byzantine = jnp.maximum(jnp.sum(byzantine), 1)
-        return jnp.where(byzantine[:, None], -honest_sum / num_byzantine, vectors)
-    return vectors
+    if attack.name == "none":
+        return vectors
+    inp = AttackInput(vectors, byzantine, jnp.asarray(round_index, jnp.int32), aggregator_state=aggregator_state,
+                      aggregator_key=aggregator_key, aggregator=aggregator, full_knowledge=True)
+    return jnp.where(byzantine[:, None], attack.craft(key, inp), vectors)
 
 
-def broadcast(key, behaviour: str, vectors, byzantine, noise_scale: float = 1000.0) -> jax.Array:
-    """All-to-all round: ``messages[r, s]`` is what recipient ``r`` receives from sender ``s``, f32[n, n, d]."""
-    keys = jax.random.split(key, vectors.shape[0])
-    return jax.vmap(received, in_axes=(0, None, None, None, None))(keys, behaviour, vectors, byzantine, noise_scale)
+def broadcast(key, attack: Attack, vectors, byzantine, round_index, per_recipient: bool = True, aggregator=None,
+              aggregator_states=None, aggregator_keys=None) -> jax.Array:
+    """All-to-all round: ``messages[r, s]`` is what recipient ``r`` receives from sender ``s``, f32[n, n, d].
+
+    With ``per_recipient`` every recipient gets its own crafted message (its own key, and its own aggregator
+    state ``aggregator_states[r]`` when given); otherwise one crafted message goes to all.
+    """
+    n = vectors.shape[0]
+    if attack.name == "none":
+        return jnp.broadcast_to(vectors, (n,) + vectors.shape)
+    if not per_recipient:
+        state = () if aggregator_states is None else jax.tree_util.tree_map(lambda s: s[0], aggregator_states)
+        agg_key = None if aggregator_keys is None else aggregator_keys[0]
+        one = received(key, attack, vectors, byzantine, round_index, aggregator, state, agg_key)
+        return jnp.broadcast_to(one, (n,) + vectors.shape)
+    keys = jax.random.split(key, n)
+    states = () if aggregator_states is None else aggregator_states
+    state_axis = None if aggregator_states is None else 0
+    key_axis = None if aggregator_keys is None else 0
+
+    def one(recipient_key, state, agg_key):
+        return received(recipient_key, attack, vectors, byzantine, round_index, aggregator, state, agg_key)
+
+    return jax.vmap(one, in_axes=(0, state_axis, key_axis))(keys, states, aggregator_keys)
