@@ -7,7 +7,7 @@ loop; it is also the one place a checkpoint hook belongs. Its result equals ``ru
 keys).
 """
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -74,3 +74,26 @@ def _is_key_batch(key) -> bool:
     if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         return key.ndim == 1
     return key.ndim == 2
+
+
+class Trainer(NamedTuple):
+    """A long run in the protocol: ``init(key) -> carry``, ``step(carry) -> (carry, metrics)`` for one unit
+    (one PPO update, one TD3/DQN iteration), ``num_steps`` units, and ``finish(carry, metrics) -> output`` (the
+    algorithm's ``TrainOutput``). ``run(key)`` is the whole run as one jittable, vmappable function."""
+
+    init: Callable
+    step: Callable
+    num_steps: int
+    finish: Callable
+    unit: str = "update"
+    unit_scale: int = 1
+
+    def run(self, key):
+        """The whole run: ``finish(*scan_steps(step, init(key), num_steps))``."""
+        return self.finish(*scan_steps(self.step, self.init(key), self.num_steps))
+
+    def run_with_progress(self, key, chunk: Optional[int] = None, desc: str = "train"):
+        """``run`` for one key or a batch of keys (vmapped), in jitted chunks with a tqdm bar (``run_chunked``)."""
+        carry, metrics = run_chunked(self.init, self.step, self.num_steps, key, chunk=chunk, desc=desc,
+                                     unit=self.unit, unit_scale=self.unit_scale)
+        return self.finish(carry, metrics)

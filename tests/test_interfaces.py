@@ -221,3 +221,44 @@ def test_fl_params_override_traced_hyperparameters():
         other = dataclasses.replace(config, lr=lr, attack_hparams={"eps": eps})
         expected = jax.jit(fl.make_run(other, DIGITS, MLP))(key)[0]
         np.testing.assert_allclose(run(key, params)[0], expected, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- one run protocol
+def _assert_trees_close(a, b):
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+
+
+def test_chunked_runs_equal_whole_runs_for_ppo_dqn_and_decbyzpg():
+    from fedjax_attacks import frl
+    from fedjax_attacks.rl import dqn, env as rl_env, ppo
+
+    env, env_params = rl_env.make("CartPole-v1")
+    keys = jax.random.split(jax.random.PRNGKey(0), 2)
+    trainer = ppo.make_trainer(ppo.PPOConfig(total_timesteps=5 * 4 * 16, num_envs=4, num_steps=16, hidden=(8,)),
+                               env, env_params)
+    whole = jax.jit(jax.vmap(trainer.run))(keys)
+    chunked = trainer.run_with_progress(keys, chunk=2)  # 5 updates: chunks of 2, 2, 1
+    assert chunked.metrics["episode_return"].shape == (2, 5)
+    _assert_trees_close(chunked.train_state.params, whole.train_state.params)
+    _assert_trees_close(chunked.metrics, whole.metrics)
+
+    q_trainer = dqn.make_trainer(dqn.DQNConfig(total_timesteps=96, num_envs=4, learning_starts=32, batch_size=8,
+                                               train_frequency=4, buffer_size=96, hidden=(8,)), env, env_params)
+    _assert_trees_close(q_trainer.run_with_progress(keys[0], chunk=7).q_state.params,
+                        jax.jit(q_trainer.run)(keys[0]).q_state.params)
+
+    config = frl.DecByzPGConfig(num_agents=3, aggregator="mean", agreement="none", large_batch=4, small_batch=2,
+                                horizon=20, hidden=(8,))
+    alg = frl.make_decbyzpg(config)
+    switches = np.array([True, False, True, False, False])
+    state, history = run_chunked_frl(alg, keys[0], switches)
+    expected_state, expected_history = jax.jit(alg.run)(keys[0], switches)
+    _assert_trees_close(state.theta, expected_state.theta)
+    _assert_trees_close(history, expected_history)
+
+
+def run_chunked_frl(alg, key, switches):
+    from fedjax_attacks.runner import run_chunked
+
+    return run_chunked(lambda k: alg.init(k, switches), alg.step, len(switches), key, chunk=2, progress=False)

@@ -20,6 +20,7 @@ from flax.training.train_state import TrainState
 from fedjax_attacks.rl import env as env_lib
 from fedjax_attacks.rl import networks, replay, wrappers
 from fedjax_attacks.rl.replay import Transition
+from fedjax_attacks.runner import Trainer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +96,14 @@ def epsilon(config: DQNConfig, env_steps: chex.Array) -> chex.Array:
 
 
 def make_train(config: DQNConfig, env, env_params) -> Callable[[chex.PRNGKey], TrainOutput]:
-    """Builds ``train(key) -> TrainOutput``: a whole DQN run as one jittable, vmappable function.
+    """Builds ``train(key) -> TrainOutput``: a whole DQN run as one jittable, vmappable function
+    (``make_trainer(...).run``)."""
+    return make_trainer(config, env, env_params).run
+
+
+def make_trainer(config: DQNConfig, env, env_params) -> Trainer:
+    """Builds DQN in the run protocol: ``Trainer(init, step, num_steps, finish)``, one step = one iteration
+    (``num_envs`` env steps, an update every ``train_frequency`` env steps once learning has started).
 
     Raises:
       ValueError: on an invalid config or a continuous action space.
@@ -111,8 +119,8 @@ def make_train(config: DQNConfig, env, env_params) -> Callable[[chex.PRNGKey], T
     # Updates and target syncs happen on the iterations where the env-step counter crosses a multiple.
     crosses = lambda step, every: (step + 1) * config.num_envs // every > step * config.num_envs // every
 
-    def iteration(carry, step):
-        q_state, target_params, buffer, env_state, obs, key = carry
+    def iteration(carry):
+        q_state, target_params, buffer, env_state, obs, key, step = carry
         key, k_eps, k_rand, k_env, k_upd = jax.random.split(key, 5)
         greedy = jnp.argmax(q_net.apply(q_state.params, obs), axis=-1)
         random = jax.random.randint(k_rand, greedy.shape, 0, spec.num_actions)
@@ -134,25 +142,23 @@ def make_train(config: DQNConfig, env, env_params) -> Callable[[chex.PRNGKey], T
         sync = jnp.logical_and(learning, crosses(step, config.target_network_frequency))
         target_params = jax.tree.map(
             lambda t, o: jnp.where(sync, config.tau * o + (1.0 - config.tau) * t, t), target_params, q_state.params)
-        finished = info["returned_episode"]
-        n = finished.sum()
-        ep_return = jnp.where(n > 0, jnp.sum(info["returned_episode_returns"] * finished) / jnp.maximum(n, 1),
-                              jnp.nan)
-        carry = (q_state, target_params, buffer, env_state, next_obs, key)
+        ep_return, _ = wrappers.episode_stats(info)
+        carry = (q_state, target_params, buffer, env_state, next_obs, key, step + 1)
         return carry, {"episode_return": ep_return, "td_loss": loss}
 
-    def train(key: chex.PRNGKey) -> TrainOutput:
+    def init(key: chex.PRNGKey):
         key, k_init, k_env = jax.random.split(key, 3)
         obs, env_state = venv.reset(k_env, env_params)
         params = q_net.init(k_init, obs)
         q_state = TrainState.create(apply_fn=q_net.apply, params=params, tx=tx)
         example = Transition(obs[0], jnp.zeros((), jnp.int32), jnp.zeros(()), obs[0], jnp.zeros((), bool))
-        carry = (q_state, params, replay.init(capacity, example), env_state, obs, key)
-        (q_state, target_params, buffer, _, _, _), metrics = jax.lax.scan(
-            iteration, carry, jnp.arange(config.num_iterations))
+        return q_state, params, replay.init(capacity, example), env_state, obs, key, jnp.zeros((), jnp.int32)
+
+    def finish(carry, metrics) -> TrainOutput:
+        q_state, target_params, buffer = carry[:3]
         return TrainOutput(q_state=q_state, target_params=target_params, buffer=buffer, metrics=metrics)
 
-    return train
+    return Trainer(init, iteration, config.num_iterations, finish, unit="env step", unit_scale=config.num_envs)
 
 
 def make_policy(config: DQNConfig, env, env_params, params) -> Callable[[chex.PRNGKey, chex.Array], chex.Array]:

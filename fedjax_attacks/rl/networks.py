@@ -13,11 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu}
+ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu, "identity": lambda x: x}
 
 
 def activation(name: str) -> Callable:
-    """The activation function called ``name`` (``"tanh"`` or ``"relu"``)."""
+    """The activation function called ``name`` (``"tanh"``, ``"relu"`` or ``"identity"``)."""
     if name not in ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}: choose from {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[name]
@@ -98,16 +98,29 @@ def _policy_head(module: nn.Module, h: chex.Array, num_actions: int, discrete: b
 
 
 class MLP(nn.Module):
-    """Hidden layers with orthogonal initialization and the given activation (vector observations)."""
+    """The one MLP of the RL engine (PPO/TD3/DQN torsos, policy-gradient policies, RGIA's transition models):
+    hidden layers with the given activation, then optionally an output layer of width ``out`` with
+    ``output_activation``.
+
+    ``orthogonal_init``: orthogonal weights (gain sqrt 2 for hidden layers, 1 for the output), as CleanRL and
+    PureJaxRL; False keeps flax's default (LeCun normal), as the policy-gradient papers' PyTorch-like policies.
+    """
 
     hidden: Sequence[int] = (64, 64)
     activation: str = "tanh"
+    out: int | None = None
+    output_activation: str = "identity"
+    orthogonal_init: bool = True
 
     @nn.compact
     def __call__(self, x):
         act = activation(self.activation)
+        dense = (lambda width, gain: _dense(width, gain)) if self.orthogonal_init else (
+            lambda width, gain: nn.Dense(width))
         for width in self.hidden:
-            x = act(_dense(width, np.sqrt(2))(x))
+            x = act(dense(width, np.sqrt(2))(x))
+        if self.out is not None:
+            x = activation(self.output_activation)(dense(self.out, 1.0)(x))
         return x
 
 
@@ -150,10 +163,8 @@ class ConvActorCritic(nn.Module):
     def __call__(self, obs):
         batch_shape = obs.shape[:-3]
         x = obs.reshape((-1,) + obs.shape[-3:]).astype(jnp.float32)
-        for features in self.channels:
-            conv = nn.Conv(features, (self.kernel, self.kernel), padding="VALID",
-                           kernel_init=nn.initializers.orthogonal(np.sqrt(2)), bias_init=nn.initializers.zeros)
-            x = activation(self.activation)(conv(x))
+        for i, features in enumerate(self.channels):
+            x = activation(self.activation)(PatchConv(features, self.kernel, name=f"Conv_{i}")(x))
         h = MLP(self.hidden, self.activation)(x.reshape(batch_shape + (-1,)))
         return _policy_head(self, h, self.num_actions, self.discrete), _dense(1, 1.0)(h)[..., 0]
 
@@ -199,3 +210,26 @@ class TwinCritic(nn.Module):
                 h = nn.relu(nn.Dense(width)(h))
             qs.append(nn.Dense(1)(h)[..., 0])
         return jnp.stack(qs)
+
+
+class PatchConv(nn.Module):
+    """Stride-1 ``'VALID'`` convolution as patches times a matrix, with ``nn.Conv``'s parameters.
+
+    Same ``kernel`` ``[k, k, C_in, features]`` (orthogonal init, scale sqrt 2) and ``bias`` as ``nn.Conv``, same
+    output. Written as im2col + matmul because XLA's CPU backend computes ``nn.Conv``'s kernel gradient inside
+    a ``lax.scan`` (every PPO update) about 15x slower than outside it; the matmul form has no such cliff
+    (PPO on Breakout-MinAtar: 5x more env steps/s on a 2-core CPU).
+    """
+
+    features: int
+    kernel: int = 3
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", nn.initializers.orthogonal(np.sqrt(2)),
+                            (self.kernel, self.kernel, x.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        patches = jax.lax.conv_general_dilated_patches(  # [..., H', W', C_in * k * k], ordered (C_in, kh, kw)
+            x, (self.kernel, self.kernel), (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        matrix = jnp.transpose(kernel, (2, 0, 1, 3)).reshape(-1, self.features)
+        return patches @ matrix + bias

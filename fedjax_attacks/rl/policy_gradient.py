@@ -19,7 +19,6 @@ after it terminated; rollouts stop early (``lax.while_loop``) once every episode
 
 from typing import Callable, NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax import struct
@@ -27,9 +26,9 @@ from gymnax.environments import spaces
 from jax.flatten_util import ravel_pytree
 
 from fedjax_attacks.rl import env as rl_env
+from fedjax_attacks.rl import networks
 
 CHUNK = 25  # steps per rollout block and per gradient block
-ACTIVATIONS = {"relu": nn.relu, "tanh": jnp.tanh, "identity": lambda x: x}
 
 
 class Policy(NamedTuple):
@@ -65,23 +64,9 @@ class Trajectories:
     mask: jax.Array
 
 
-class _MLP(nn.Module):
-    hidden: tuple
-    out: int
-    activation: str
-    output_activation: str
-
-    @nn.compact
-    def __call__(self, x):
-        for width in self.hidden:
-            x = ACTIVATIONS[self.activation](nn.Dense(width)(x))
-        return ACTIVATIONS[self.output_activation](nn.Dense(self.out)(x))
-
-
 def _check_activations(*names):
     for name in names:
-        if name not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {name!r}; known: {', '.join(ACTIVATIONS)}")
+        networks.activation(name)
 
 
 def categorical_policy(obs_shape: tuple, num_actions: int, hidden=(16, 16), activation: str = "relu",
@@ -94,7 +79,7 @@ def categorical_policy(obs_shape: tuple, num_actions: int, hidden=(16, 16), acti
     _check_activations(activation, output_activation)
     if num_actions < 2:
         raise ValueError(f"a categorical policy needs >= 2 actions, got {num_actions}")
-    net = _MLP(tuple(hidden), int(num_actions), activation, output_activation)
+    net = networks.MLP(tuple(hidden), activation, int(num_actions), output_activation, orthogonal_init=False)
     dummy = jnp.zeros((1, *obs_shape), jnp.float32)
     _, unravel = ravel_pytree(net.init(jax.random.PRNGKey(0), dummy))
 
@@ -118,7 +103,7 @@ def gaussian_policy(obs_shape: tuple, action_dim: int, hidden=(64, 64), activati
                     output_activation: str = "tanh", log_std_init: float = -0.5) -> Policy:
     """Diagonal Gaussian policy ``N(out_act(MLP_theta(s)), diag(exp(2 log_std)))`` with a learned ``log_std``."""
     _check_activations(activation, output_activation)
-    net = _MLP(tuple(hidden), int(action_dim), activation, output_activation)
+    net = networks.MLP(tuple(hidden), activation, int(action_dim), output_activation, orthogonal_init=False)
     dummy = jnp.zeros((1, *obs_shape), jnp.float32)
 
     def init_tree(key):

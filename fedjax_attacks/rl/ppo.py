@@ -13,7 +13,8 @@ Poisoning hooks (SleeperNets, TrojDRL-W, BadRL-M); the defaults are identities t
 * outer loop: ``poison(batch, train_state, key) -> batch`` runs on every rollout ``Batch`` after collection and
   before GAE and the update. It may rewrite any field but must keep every shape and dtype (checked at trace
   time); to recompute values and log-probs of changed observations use
-  ``evaluate_actions(train_state, obs, actions)``.
+  ``evaluate_actions(train_state, obs, actions)``. It may also return ``(batch, metrics)``: a dict of scalars
+  (e.g. how many states it poisoned) that joins the update's ``TrainOutput.metrics``.
 * inner loop: ``RolloutHook(init, observe, reward)`` runs inside each rollout step:
   ``observe(key, hook_state, obs, train_state) -> (obs, hook_state)`` changes the batched observation
   ``[num_envs, ...]`` before the agent acts on it (and it is stored in the batch);
@@ -36,6 +37,7 @@ from flax.training.train_state import TrainState
 from fedjax_attacks.rl import env as env_lib
 from fedjax_attacks.rl import gae as gae_lib
 from fedjax_attacks.rl import networks, wrappers
+from fedjax_attacks.runner import Trainer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,13 +212,22 @@ def make_env(config: PPOConfig, env):
 def make_train(config: PPOConfig, env, env_params, poison: Callable = no_poison,
                rollout_hook: RolloutHook = IDENTITY_HOOK,
                network: nn.Module | None = None) -> Callable[[chex.PRNGKey], TrainOutput]:
-    """Builds ``train(key) -> TrainOutput``: a whole PPO run as one jittable, vmappable function.
+    """Builds ``train(key) -> TrainOutput``: a whole PPO run as one jittable, vmappable function
+    (``make_trainer(...).run``; arguments as there)."""
+    return make_trainer(config, env, env_params, poison, rollout_hook, network).run
+
+
+def make_trainer(config: PPOConfig, env, env_params, poison: Callable = no_poison,
+                 rollout_hook: RolloutHook = IDENTITY_HOOK, network: nn.Module | None = None) -> Trainer:
+    """Builds PPO in the run protocol: ``Trainer(init, step, num_steps, finish)`` with one step = one update
+    (a rollout of ``num_steps`` x ``num_envs`` env steps, then the epochs); ``run(key) -> TrainOutput`` and
+    ``run_with_progress(keys)`` (tqdm bar over env steps).
 
     Args:
       config: hyperparameters (static).
       env, env_params: a gymnax-shaped environment (``rl.env.make``) and its parameters; the environment is
         wrapped here with ``LogWrapper`` and ``VecEnv`` (and ``NormalizeObservation`` if configured).
-      poison: outer-loop ``poison(batch, train_state, key) -> batch`` (default: identity).
+      poison: outer-loop ``poison(batch, train_state, key) -> batch`` or ``(batch, metrics)`` (default: identity).
       rollout_hook: inner-loop ``RolloutHook`` (default: identity).
       network: flax module mapping observations ``[..., *obs_shape]`` (any leading batch axes) to
         ``(distribution, value)``: a ``networks.Categorical`` with logits ``[..., num_actions]`` (discrete) or a
@@ -276,34 +287,33 @@ def make_train(config: PPOConfig, env, env_params, poison: Callable = no_poison,
         train_state, metrics = jax.lax.scan(update_minibatch, train_state, shuffled)
         return (train_state, data, key), metrics
 
-    def update_step(carry, _):
+    def update_step(carry):
         train_state, env_state, obs, hook_state, key = carry
         (train_state, env_state, obs, hook_state, key), (batch, info) = jax.lax.scan(
             rollout_step, (train_state, env_state, obs, hook_state, key), None, config.num_steps)
         key, k_poison, k_epochs = jax.random.split(key, 3)
-        batch = _check_poisoned(batch, poison(batch, train_state, k_poison))
+        batch, poison_metrics = _check_poisoned(batch, poison(batch, train_state, k_poison))
         advantages, targets = gae_lib.gae(batch.rewards, batch.values, batch.bootstrap_values,
                                           batch.terminated, batch.truncated, config.gamma, config.gae_lambda)
         (train_state, _, _), losses = jax.lax.scan(
             update_epoch, (train_state, (batch, advantages, targets), k_epochs), None, config.update_epochs)
-        finished = info["returned_episode"]
-        episodes = finished.sum()
-        episode_return = jnp.where(
-            episodes > 0, jnp.sum(info["returned_episode_returns"] * finished) / jnp.maximum(episodes, 1), jnp.nan)
+        episode_return, episodes = wrappers.episode_stats(info)
         metrics = {"episode_return": episode_return, "episodes": episodes,
-                   **jax.tree.map(jnp.mean, losses)}
+                   **jax.tree.map(jnp.mean, losses), **poison_metrics}
         return (train_state, env_state, obs, hook_state, key), metrics
 
-    def train(key: chex.PRNGKey) -> TrainOutput:
+    def init(key: chex.PRNGKey):
         key, k_init, k_env = jax.random.split(key, 3)
         obs, env_state = venv.reset(k_env, env_params)
         params = network.init(k_init, obs)
         train_state = TrainState.create(apply_fn=network.apply, params=params, tx=tx)
-        carry = (train_state, env_state, obs, rollout_hook.init(), key)
-        (train_state, env_state, _, hook_state, _), metrics = jax.lax.scan(update_step, carry, None, num_updates)
+        return train_state, env_state, obs, rollout_hook.init(), key
+
+    def finish(carry, metrics) -> TrainOutput:
+        train_state, env_state, _, hook_state, _ = carry
         return TrainOutput(train_state=train_state, env_state=env_state, hook_state=hook_state, metrics=metrics)
 
-    return train
+    return Trainer(init, update_step, num_updates, finish, unit="env step", unit_scale=config.batch_size)
 
 
 def make_policy(config: PPOConfig, env, env_params, params, obs_moments: wrappers.RunningMoments | None = None,
@@ -349,12 +359,15 @@ def _checked_network(config: PPOConfig, spec: env_lib.EnvSpec, network: nn.Modul
     return network
 
 
-def _check_poisoned(batch: Batch, poisoned: Batch) -> Batch:
-    """Returns ``poisoned`` after checking (at trace time) that it has the rollout's structure and shapes."""
+def _check_poisoned(batch: Batch, poisoned) -> tuple[Batch, dict]:
+    """``(poisoned batch, poison metrics)`` after checking (at trace time) the rollout's structure and shapes."""
+    metrics = {}
+    if not isinstance(poisoned, Batch) and isinstance(poisoned, tuple) and len(poisoned) == 2:
+        poisoned, metrics = poisoned
     if not isinstance(poisoned, Batch) or _shapes(poisoned) != _shapes(batch):
         raise ValueError(f"poison must return a Batch with the rollout's shapes and dtypes {_shapes(batch)}, "
                          f"got {_shapes(poisoned) if isinstance(poisoned, Batch) else type(poisoned)}")
-    return poisoned
+    return poisoned, dict(metrics)
 
 
 def _action_mapper(spec: env_lib.EnvSpec) -> Callable[[chex.Array], chex.Array]:

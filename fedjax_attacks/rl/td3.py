@@ -21,6 +21,7 @@ from flax.training.train_state import TrainState
 from fedjax_attacks.rl import env as env_lib
 from fedjax_attacks.rl import networks, replay, wrappers
 from fedjax_attacks.rl.replay import Transition
+from fedjax_attacks.runner import Trainer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +109,14 @@ def actor_loss(actor_params, actor_fn: Callable, critic_fn: Callable, critic_par
 
 
 def make_train(config: TD3Config, env, env_params) -> Callable[[chex.PRNGKey], TrainOutput]:
-    """Builds ``train(key) -> TrainOutput``: a whole TD3 run as one jittable, vmappable function.
+    """Builds ``train(key) -> TrainOutput``: a whole TD3 run as one jittable, vmappable function
+    (``make_trainer(...).run``)."""
+    return make_trainer(config, env, env_params).run
+
+
+def make_trainer(config: TD3Config, env, env_params) -> Trainer:
+    """Builds TD3 in the run protocol: ``Trainer(init, step, num_steps, finish)``, one step = one iteration
+    (``num_envs`` env steps, then ``gradient_steps`` updates once learning has started).
 
     Raises:
       ValueError: on an invalid config or a discrete action space.
@@ -145,8 +153,8 @@ def make_train(config: TD3Config, env, env_params) -> Callable[[chex.PRNGKey], T
                                lambda l: l, learner)
         return learner, c_loss
 
-    def iteration(carry, step):
-        learner, buffer, env_state, obs, key = carry
+    def iteration(carry):
+        learner, buffer, env_state, obs, key, step = carry
         key, k_rand, k_noise, k_env, k_upd = jax.random.split(key, 5)
         explore = actor_net.apply(learner.actor.params, obs)
         explore = jnp.clip(explore + config.exploration_noise * jax.random.normal(k_noise, explore.shape), -1, 1)
@@ -164,13 +172,11 @@ def make_train(config: TD3Config, env, env_params) -> Callable[[chex.PRNGKey], T
 
         learner, c_loss = jax.lax.cond((step + 1) * config.num_envs >= config.learning_starts, learn,
                                        lambda l: (l, jnp.zeros(())), learner)
-        finished = info["returned_episode"]
-        n = finished.sum()
-        ep_return = jnp.where(n > 0, jnp.sum(info["returned_episode_returns"] * finished) / jnp.maximum(n, 1),
-                              jnp.nan)
-        return (learner, buffer, env_state, next_obs, key), {"episode_return": ep_return, "critic_loss": c_loss}
+        ep_return, _ = wrappers.episode_stats(info)
+        return (learner, buffer, env_state, next_obs, key, step + 1), {"episode_return": ep_return,
+                                                                        "critic_loss": c_loss}
 
-    def train(key: chex.PRNGKey) -> TrainOutput:
+    def init(key: chex.PRNGKey):
         key, k_actor, k_critic, k_env = jax.random.split(key, 4)
         obs, env_state = venv.reset(k_env, env_params)
         dummy_action = jnp.zeros((config.num_envs, spec.num_actions))
@@ -182,12 +188,13 @@ def make_train(config: TD3Config, env, env_params) -> Callable[[chex.PRNGKey], T
             actor_target=actor_params, critic_target=critic_params, num_updates=jnp.zeros((), jnp.int32))
         example = Transition(obs[0], dummy_action[0], jnp.zeros(()), obs[0], jnp.zeros((), bool))
         buffer = replay.init(capacity, example)
-        carry = (learner, buffer, env_state, obs, key)
-        (learner, buffer, _, _, _), metrics = jax.lax.scan(
-            iteration, carry, jnp.arange(config.num_iterations))
+        return learner, buffer, env_state, obs, key, jnp.zeros((), jnp.int32)
+
+    def finish(carry, metrics) -> TrainOutput:
+        learner, buffer = carry[:2]
         return TrainOutput(learner=learner, buffer=buffer, metrics=metrics)
 
-    return train
+    return Trainer(init, iteration, config.num_iterations, finish, unit="env step", unit_scale=config.num_envs)
 
 
 def make_policy(config: TD3Config, env, env_params, actor_params) -> Callable[[chex.PRNGKey, chex.Array], chex.Array]:

@@ -71,6 +71,17 @@ class LogWrapper(Wrapper):
         return obs, new_state, reward, terminated, truncated, info
 
 
+def episode_stats(info) -> tuple:
+    """``(mean return, count)`` of the episodes that finished in ``info`` (a ``LogWrapper`` step's info, any batch
+    shape): the mean undiscounted return is NaN when none finished. The one episode-statistics helper of PPO,
+    TD3 and DQN."""
+    finished = info["returned_episode"]
+    count = finished.sum()
+    mean = jnp.where(count > 0, jnp.sum(info["returned_episode_returns"] * finished) / jnp.maximum(count, 1),
+                     jnp.nan)
+    return mean, count
+
+
 class VecEnv(Wrapper):
     """``num_envs`` copies of an environment stepped with ``jax.vmap``.
 
