@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench-deps clean
+.PHONY: demo test test-slow bench-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,7 +16,11 @@ demo: $(STAMP)
 	$(PY) -m benchmarks.quickstart
 
 test: $(STAMP)
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests -m "not slow"
+
+# Longer end-to-end runs (benchmarks at --quick size, full notebooks), outside `make test`.
+test-slow: $(STAMP)
+	$(PY) -m pytest tests -m slow
 
 # Optional: PyTorch (CPU build on disk) for the baselines in benchmarks/.
 bench-deps: $(STAMP)
