@@ -254,7 +254,8 @@ ALL = [
 
 
 def test_registry_covers_every_attack():
-    assert sorted({name for name, _ in ALL} | {"switch"}) == [n for n in attacks.names() if not n.startswith("test_")]
+    assert sorted({name for name, _ in ALL} | {"switch", "non_finite"}) == [
+        n for n in attacks.names() if not n.startswith("test_")]
     with pytest.raises(ValueError, match="unknown attack"):
         attacks.get("nope")
 

@@ -96,7 +96,7 @@ def test_partial_knowledge_hides_benign_updates():
     full = jax.jit(fl.make_run(base, DIGITS, MLP))(key)[0] - theta0
     partial = jax.jit(fl.make_run(dataclasses.replace(base, knowledge="partial"), DIGITS, MLP))(key)[0] - theta0
     # partial: mean(0, 0, g2, g3); full: mean(g2+g3, g2+g3, g2, g3) = 3x that.
-    np.testing.assert_allclose(full, 3 * partial, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(full, 3 * partial, rtol=1e-4, atol=1e-6)  # float32 rounding of 3 * x (TF32 on GPU)
 
 
 def test_fedavg_sends_deltas_and_learns():

@@ -127,6 +127,27 @@ def avg_zero() -> Attack:
     return Attack(name="avg_zero", craft=craft, needs_full_knowledge=True)
 
 
+NON_FINITE_KINDS = ("nan", "inf", "-inf", "huge", "mixed")
+
+
+def non_finite(kind: str = "mixed") -> Attack:
+    """Non-finite updates (as ByzFL's Inf attack): every attacker sends a row of NaN (``"nan"``), ``+inf``,
+    ``-inf``, or ``1e38`` (``"huge"``: finite, but its squared norm overflows); ``"mixed"`` cycles through the
+    four over the attackers' rows. Tests what a server does with an unusable update."""
+    if kind not in NON_FINITE_KINDS:
+        raise ValueError(f"non_finite: kind must be one of {NON_FINITE_KINDS}, got {kind!r}")
+    values = {"nan": [jnp.nan], "inf": [jnp.inf], "-inf": [-jnp.inf], "huge": [1e38],
+              "mixed": [jnp.nan, jnp.inf, -jnp.inf, 1e38]}[kind]
+
+    def craft(key, inp: AttackInput):
+        del key
+        rank = jnp.cumsum(inp.malicious_mask.astype(jnp.int32)) - 1  # the k-th attacker of the round
+        row = jnp.asarray(values, inp.updates.dtype)[jnp.maximum(rank, 0) % len(values)]
+        return jnp.broadcast_to(row[:, None], inp.updates.shape)
+
+    return Attack(name="non_finite", craft=craft)
+
+
 def label_flip(num_classes: int = 10) -> Attack:
     """Label flipping (data poisoning, Fang et al. 2020): malicious clients relabel ``y -> C - 1 - y`` and then
     train honestly; ``craft`` submits their honest updates on the flipped data unchanged."""
@@ -149,3 +170,4 @@ register("gaussian", gaussian)
 register("large_noise", large_noise)
 register("avg_zero", avg_zero)
 register("label_flip", label_flip)
+register("non_finite", non_finite)

@@ -5,6 +5,7 @@ from typing import Any, Mapping
 
 MODES = ("fedsgd", "fedavg")
 KNOWLEDGE = ("full", "partial")
+ON_NONFINITE = ("skip", "raise", "apply")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +31,10 @@ class FLConfig:
       unroll: unroll factor of the scan over the rounds of one evaluation block (``lax.scan(unroll=...)``).
         On XLA's CPU backend convolutions inside a loop body ran ~4-5x slower than unrolled (measured with the
         paper CNN); unrolling costs compile time, so keep 1 for MLPs and use up to ``eval_every`` for CNNs on CPU.
+      on_nonfinite: what the server does with a non-finite aggregate (NaN/Inf, e.g. when a round draws more
+        attackers sending NaN rows than its rule tolerates): ``"skip"`` refuses the round (theta and the
+        aggregator state stay; ``History.num_skipped`` counts it), ``"raise"`` stops with an error naming the
+        round (for debugging), ``"apply"`` applies it anyway (to study breakdown).
     """
 
     num_clients: int = 100
@@ -53,6 +58,7 @@ class FLConfig:
     partition_seed: int = 0
     root_size: int = 100
     unroll: int = 1
+    on_nonfinite: str = "skip"
 
     def validate(self) -> None:
         """Raises ``ValueError`` naming the first inconsistent field."""
@@ -75,3 +81,5 @@ class FLConfig:
             raise ValueError(f"knowledge must be one of {KNOWLEDGE}, got {self.knowledge!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.on_nonfinite not in ON_NONFINITE:
+            raise ValueError(f"FLConfig.on_nonfinite must be one of {ON_NONFINITE}, got {self.on_nonfinite!r}")

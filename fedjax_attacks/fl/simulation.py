@@ -74,12 +74,16 @@ class RoundInput(NamedTuple):
 
 
 class History(NamedTuple):
-    """Per evaluated round (every ``eval_every`` rounds, after the update): arrays of length T / eval_every."""
+    """Per evaluated round (every ``eval_every`` rounds, after the update): arrays of length T / eval_every.
+
+    ``num_skipped`` counts the rounds of the block whose non-finite aggregate the server refused
+    (``FLConfig.on_nonfinite="skip"``)."""
 
     round: jax.Array
     test_accuracy: jax.Array
     test_loss: jax.Array
     num_malicious_selected: jax.Array
+    num_skipped: jax.Array
 
 
 class FLData(NamedTuple):
@@ -103,9 +107,10 @@ class Simulation:
     * ``client_updates(state, params) -> RoundInput``: the server samples ``w`` clients and each computes its
       honest update (vmapped);
     * ``server_step(state, submitted f32[w, d], params) -> (state, metrics)``: the server aggregates what was
-      submitted (threading the aggregator's state) and updates theta; ``metrics`` maps ``num_malicious`` and
-      ``aggregate_norm`` to scalars;
-    * ``round_step(state, params) -> (state, num_malicious)``: the two with the configured attack in between;
+      submitted (threading the aggregator's state) and updates theta, refusing a non-finite result as
+      ``FLConfig.on_nonfinite`` says; ``metrics`` maps ``num_malicious``, ``aggregate_norm`` and ``skipped``;
+    * ``round_step(state, params) -> (state, (num_malicious, skipped))``: the two with the configured attack in
+      between;
     * ``step(state, params=None) -> (state, History of one block)``: ``eval_every`` rounds, then a test evaluation.
 
     ``run(key, params=None)`` is ``init`` then ``lax.scan`` of ``step`` over ``num_blocks`` blocks. An external
@@ -223,7 +228,15 @@ def make_simulation(config: FLConfig, dataset: Dataset, model: FlatModel) -> Sim
             new_params = state.params - params.lr * agg
         else:
             new_params = state.params + params.server_lr * agg
-        metrics = {"num_malicious": jnp.sum(malicious.astype(jnp.int32)), "aggregate_norm": jnp.linalg.norm(agg)}
+        skipped = ~jnp.all(jnp.isfinite(new_params))
+        if config.on_nonfinite == "raise":
+            jax.debug.callback(_raise_if_nonfinite, skipped, state.round)
+        if config.on_nonfinite == "skip":
+            new_params = jnp.where(skipped, state.params, new_params)
+            agg_state = jax.tree_util.tree_map(lambda new, old: jnp.where(skipped, old, new), agg_state,
+                                               state.aggregator_state)
+        metrics = {"num_malicious": jnp.sum(malicious.astype(jnp.int32)), "aggregate_norm": jnp.linalg.norm(agg),
+                   "skipped": skipped}
         return FLState(new_params, agg_state, state.round + 1, key), metrics
 
     def round_step(state: FLState, params: FLParams):
@@ -239,13 +252,14 @@ def make_simulation(config: FLConfig, dataset: Dataset, model: FlatModel) -> Sim
             crafted = attack_for(params).craft(rin.attack_key, inp)
             submitted = jnp.where(rin.malicious_mask[:, None], crafted, rin.updates)
         state, metrics = server_step(state, submitted, params)
-        return state, metrics["num_malicious"]
+        return state, (metrics["num_malicious"], metrics["skipped"])
 
     def block(state: FLState, params: FLParams):
-        state, counts = jax.lax.scan(lambda s, _: round_step(s, params), state, None, length=config.eval_every,
-                                     unroll=min(config.unroll, config.eval_every))
+        state, (counts, skipped) = jax.lax.scan(lambda s, _: round_step(s, params), state, None,
+                                                length=config.eval_every, unroll=min(config.unroll, config.eval_every))
         logits = model.apply(state.params, data.x_test)
-        record = History(state.round, accuracy(logits, data.y_test), cross_entropy(logits, data.y_test), counts[-1])
+        record = History(state.round, accuracy(logits, data.y_test), cross_entropy(logits, data.y_test), counts[-1],
+                         jnp.sum(skipped.astype(jnp.int32)))
         return state, record
 
     return Simulation(config, model, data, part, aggregator, attack, init, client_updates, server_step, round_step,
@@ -300,6 +314,14 @@ def run_with_progress(sim: Simulation, keys: jax.Array, chunk_blocks: Optional[i
     state, history = run_chunked(sim.init, lambda s: sim.step(s, params), sim.num_blocks, keys, chunk=chunk_blocks,
                                  desc=desc, unit="round", unit_scale=sim.config.eval_every)
     return state.params, history
+
+
+def _raise_if_nonfinite(nonfinite, round_index):
+    """Host side of ``on_nonfinite="raise"``: stops the run naming the round."""
+    if bool(np.any(nonfinite)):
+        rounds = np.atleast_1d(np.asarray(round_index))[np.atleast_1d(np.asarray(nonfinite))]
+        raise FloatingPointError(f"FL round {int(rounds[0])}: the aggregate is non-finite (NaN/Inf); "
+                                 f"FLConfig.on_nonfinite='skip' refuses such rounds")
 
 
 def sample_clients(key: jax.Array, num_clients: int, num_sampled: int) -> jax.Array:
