@@ -7,6 +7,7 @@ loop; it is also the one place a checkpoint hook belongs. Its result equals ``ru
 keys).
 """
 
+import os
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -20,8 +21,16 @@ def scan_steps(step: Callable, state: Any, num_steps: int):
 
 
 def run_chunked(init: Callable, step: Callable, num_steps: int, key: jax.Array, *, chunk: Optional[int] = None,
-                desc: str = "run", unit: str = "step", unit_scale: int = 1, progress: bool = True):
+                desc: str = "run", unit: str = "step", unit_scale: int = 1, progress: bool = True,
+                checkpoint_dir: Optional[str] = None, checkpoint_every: int = 1,
+                on_chunk: Optional[Callable[[int], None]] = None):
     """Runs ``init`` then ``num_steps`` calls of ``step`` in jitted chunks of ``chunk`` steps, with a tqdm bar.
+
+    With ``checkpoint_dir`` the whole run state (the carry and the metrics so far) is saved with orbax every
+    ``checkpoint_every`` chunks, and a call finding a checkpoint there resumes from the latest one: a run killed
+    after chunk k and started again with the same arguments ends with a bit-identical state and metrics. Use
+    the same ``chunk`` when resuming. States must hold raw ``uint32`` PRNG keys (``jax.random.PRNGKey``), which
+    orbax can save. ``on_chunk(steps_done)`` is called after each chunk (logging, or interrupting a test).
 
     Args:
       init: ``init(key) -> state``.
@@ -48,25 +57,68 @@ def run_chunked(init: Callable, step: Callable, num_steps: int, key: jax.Array, 
     def run_chunk(state, length):
         return scan_steps(step, state, length)
 
+    if checkpoint_dir is not None and (not isinstance(checkpoint_every, int) or checkpoint_every < 1):
+        raise ValueError(f"run_chunked: checkpoint_every must be an int >= 1, got {checkpoint_every!r}")
     wrap = jax.vmap if batched else (lambda f, **_: f)
-    init_fn = jax.jit(wrap(init))
+    axis = 1 if batched else 0
     chunk_fns = {}
-    state = init_fn(key)
-    pieces = []
-    done = 0
-    with tqdm(total=num_steps * unit_scale, desc=desc, unit=unit, disable=not progress) as bar:
+
+    def chunk_fn(length):
+        if length not in chunk_fns:
+            chunk_fns[length] = jax.jit(wrap(lambda s, n=length: run_chunk(s, n)))
+        return chunk_fns[length]
+
+    state = jax.jit(wrap(init))(key)
+    pieces, done, chunks = [], 0, 0
+    checkpoints = None if checkpoint_dir is None else _Checkpoints(checkpoint_dir)
+    if checkpoints is not None and checkpoints.latest() is not None:
+        done = checkpoints.latest()
+        metrics_shape = jax.eval_shape(wrap(lambda s: run_chunk(s, done)), state)[1]
+        state, restored = checkpoints.restore(done, state, metrics_shape)
+        pieces.append(restored)
+    with tqdm(total=num_steps * unit_scale, initial=done * unit_scale, desc=desc, unit=unit,
+              disable=not progress) as bar:
         while done < num_steps:
             length = min(chunk, num_steps - done)
-            if length not in chunk_fns:
-                chunk_fns[length] = jax.jit(wrap(lambda s, n=length: run_chunk(s, n)))
-            state, metrics = chunk_fns[length](state)
+            state, metrics = chunk_fn(length)(state)
             jax.block_until_ready(state)
             pieces.append(metrics)
             done += length
+            chunks += 1
             bar.update(length * unit_scale)
-    axis = 1 if batched else 0
-    metrics = jax.tree_util.tree_map(lambda *parts: jnp.concatenate(parts, axis=axis), *pieces)
-    return state, metrics
+            if checkpoints is not None and (chunks % checkpoint_every == 0 or done == num_steps):
+                pieces = [_concatenate(pieces, axis)]
+                checkpoints.save(done, state, pieces[0])
+            if on_chunk is not None:
+                on_chunk(done)
+    return state, _concatenate(pieces, axis)
+
+
+def _concatenate(pieces, axis):
+    return jax.tree_util.tree_map(lambda *parts: jnp.concatenate(parts, axis=axis), *pieces)
+
+
+class _Checkpoints:
+    """orbax-checkpoint storage of ``{"state", "metrics"}`` by steps done (two kept)."""
+
+    def __init__(self, directory: str):
+        import orbax.checkpoint as ocp  # imported here: only checkpointed runs pay for it
+
+        self._ocp = ocp
+        self._manager = ocp.CheckpointManager(os.path.abspath(directory),
+                                              options=ocp.CheckpointManagerOptions(max_to_keep=2))
+
+    def latest(self):
+        return self._manager.latest_step()
+
+    def save(self, done, state, metrics):
+        self._manager.save(done, args=self._ocp.args.StandardSave({"state": state, "metrics": metrics}))
+        self._manager.wait_until_finished()
+
+    def restore(self, done, state, metrics_shape):
+        target = {"state": state, "metrics": metrics_shape}
+        restored = self._manager.restore(done, args=self._ocp.args.StandardRestore(target))
+        return restored["state"], restored["metrics"]
 
 
 def _is_key_batch(key) -> bool:
@@ -92,8 +144,9 @@ class Trainer(NamedTuple):
         """The whole run: ``finish(*scan_steps(step, init(key), num_steps))``."""
         return self.finish(*scan_steps(self.step, self.init(key), self.num_steps))
 
-    def run_with_progress(self, key, chunk: Optional[int] = None, desc: str = "train"):
-        """``run`` for one key or a batch of keys (vmapped), in jitted chunks with a tqdm bar (``run_chunked``)."""
+    def run_with_progress(self, key, chunk: Optional[int] = None, desc: str = "train", **runner_options):
+        """``run`` for one key or a batch of keys (vmapped), in jitted chunks with a tqdm bar (``run_chunked``;
+        ``runner_options`` such as ``checkpoint_dir`` go to it)."""
         carry, metrics = run_chunked(self.init, self.step, self.num_steps, key, chunk=chunk, desc=desc,
-                                     unit=self.unit, unit_scale=self.unit_scale)
+                                     unit=self.unit, unit_scale=self.unit_scale, **runner_options)
         return self.finish(carry, metrics)

@@ -31,7 +31,8 @@ class FLConfig:
       unroll: unroll factor of the scan over the rounds of one evaluation block (``lax.scan(unroll=...)``).
         On XLA's CPU backend convolutions inside a loop body ran ~4-5x slower than unrolled (measured with the
         paper CNN); unrolling costs compile time, so keep 1 for MLPs and use up to ``eval_every`` for CNNs on CPU.
-      on_nonfinite: what the server does with a non-finite aggregate (NaN/Inf, e.g. when a round draws more
+      on_nonfinite: what the server does with an unusable aggregate (NaN/Inf, or a squared norm that overflows
+        such as a 1e38 coordinate; e.g. when a round draws more
         attackers sending NaN rows than its rule tolerates): ``"skip"`` refuses the round (theta and the
         aggregator state stay; ``History.num_skipped`` counts it), ``"raise"`` stops with an error naming the
         round (for debugging), ``"apply"`` applies it anyway (to study breakdown).

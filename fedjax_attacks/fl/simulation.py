@@ -76,8 +76,8 @@ class RoundInput(NamedTuple):
 class History(NamedTuple):
     """Per evaluated round (every ``eval_every`` rounds, after the update): arrays of length T / eval_every.
 
-    ``num_skipped`` counts the rounds of the block whose non-finite aggregate the server refused
-    (``FLConfig.on_nonfinite="skip"``)."""
+    ``num_skipped`` counts the rounds of the block whose aggregate was unusable (NaN/Inf, or a squared norm that
+    overflows): refused under ``FLConfig.on_nonfinite="skip"``, applied anyway under ``"apply"``."""
 
     round: jax.Array
     test_accuracy: jax.Array
@@ -228,7 +228,8 @@ def make_simulation(config: FLConfig, dataset: Dataset, model: FlatModel) -> Sim
             new_params = state.params - params.lr * agg
         else:
             new_params = state.params + params.server_lr * agg
-        skipped = ~jnp.all(jnp.isfinite(new_params))
+        # unusable: NaN/Inf, or a squared norm that overflows (a 1e38 coordinate), as the robust rules define it
+        skipped = ~jnp.isfinite(jnp.sum(agg * agg)) | ~jnp.all(jnp.isfinite(new_params))
         if config.on_nonfinite == "raise":
             jax.debug.callback(_raise_if_nonfinite, skipped, state.round)
         if config.on_nonfinite == "skip":
@@ -304,15 +305,16 @@ def make_attack_sweep(config: FLConfig, dataset: Dataset, model: FlatModel, memb
 
 
 def run_with_progress(sim: Simulation, keys: jax.Array, chunk_blocks: Optional[int] = None, desc: str = "FL rounds",
-                      params: Optional[FLParams] = None):
+                      params: Optional[FLParams] = None, **runner_options):
     """Runs ``sim`` for a batch of seeds ``keys`` (shape [S] of keys) with a tqdm bar over rounds.
 
     The shared chunked runner (``fedjax_attacks.runner.run_chunked``) runs chunks of ``chunk_blocks`` evaluation
-    blocks (default: about 20 chunks). Returns ``(final_params f32[S, d], History with leading axis S)``,
-    identical to ``jax.vmap(sim.run)(keys)``.
+    blocks (default: about 20 chunks); ``runner_options`` (``checkpoint_dir``, ``checkpoint_every``, ``on_chunk``)
+    go to it, so a long run saves its state and resumes. Returns ``(final_params f32[S, d], History with leading
+    axis S)``, identical to ``jax.vmap(sim.run)(keys)``.
     """
     state, history = run_chunked(sim.init, lambda s: sim.step(s, params), sim.num_blocks, keys, chunk=chunk_blocks,
-                                 desc=desc, unit="round", unit_scale=sim.config.eval_every)
+                                 desc=desc, unit="round", unit_scale=sim.config.eval_every, **runner_options)
     return state.params, history
 
 

@@ -27,7 +27,8 @@ def make_byzpg(config: ByzPGConfig, env=None, env_params=None) -> Algorithm:
     ``aggregate_every_iteration`` is refused); ``env`` overrides ``env_name``.
 
     ``history`` maps ``returns`` (mean return of the honest workers' batches on large-batch iterations, of the
-    server's batch otherwise) and ``diameter`` (always 0: one model) to f32[T].
+    server's batch otherwise), ``diameter`` (always 0: one model) and ``skipped`` (1 where a non-finite estimate
+    was refused and theta kept) to arrays [T].
     """
     config.validate()
     if getattr(config, "aggregate_every_iteration", False):
@@ -68,9 +69,12 @@ def make_byzpg(config: ByzPGConfig, env=None, env_params=None) -> Algorithm:
 
         v, returns, agg_state = jax.lax.cond(switch, large, small, state.aggregator_state)
         updates, opt_state = optimizer.update(-v, state.opt_state, state.theta)
-        history = {"returns": returns, "diameter": jnp.zeros(())}
-        return State(state.theta + updates, state.theta, v, opt_state, agg_state, state.switches, state.t + 1,
-                     key), history
+        skipped = ~jnp.isfinite(jnp.sum(v * v))  # a non-finite (or overflowing) estimate is refused: no step
+        keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(skipped, o, n), new, old)
+        theta, v, opt_state, agg_state = keep((state.theta + updates, v, opt_state, agg_state),
+                                              (state.theta, state.v, state.opt_state, state.aggregator_state))
+        history = {"returns": returns, "diameter": jnp.zeros(()), "skipped": skipped.astype(jnp.int32)}
+        return State(theta, state.theta, v, opt_state, agg_state, state.switches, state.t + 1, key), history
 
     def step(state):
         return step_with(state, state.switches[state.t])

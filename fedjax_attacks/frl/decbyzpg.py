@@ -35,7 +35,8 @@ from fedjax_attacks.frl.config import DecByzPGConfig
 def make_decbyzpg(config: DecByzPGConfig, env=None, env_params=None) -> Algorithm:
     """Builds DecByzPG for ``config`` (validated here); ``env`` overrides ``config.env_name``.
 
-    ``jax.vmap(alg.run, in_axes=(0, None))(keys, switches)`` runs many seeds with shared switches.
+    ``jax.vmap(alg.run, in_axes=(0, None))(keys, switches)`` runs many seeds with shared switches. ``history``
+    also counts, as ``skipped``, the honest agents that refused a non-finite direction (keeping their state).
     """
     if not isinstance(config, DecByzPGConfig):
         raise ValueError(f"make_decbyzpg needs a DecByzPGConfig (agreement settings), got {type(config).__name__}")
@@ -83,12 +84,19 @@ def make_decbyzpg(config: DecByzPGConfig, env=None, env_params=None) -> Algorith
             direction, agg_states = jax.lax.cond(switch, communicate, lambda x: x, (own, state.aggregator_state))
             v = direction
         updates, opt_state = jax.vmap(optimizer.update)(-direction, state.opt_state, state.theta)
-        theta = agr.average_agreement(k_agree, rule, state.theta + updates, byzantine, attack, f, config.num_rounds,
-                                      state.t, config.per_recipient)
+        # an agent whose direction is non-finite refuses it: it keeps its parameters, estimate and optimizer
+        skipped = ~jnp.isfinite(jnp.sum(direction * direction, axis=1))
+        keep = lambda new, old: jax.tree_util.tree_map(
+            lambda n, o: jnp.where(skipped.reshape((K,) + (1,) * (n.ndim - 1)), o, n), new, old)
+        stepped, v, opt_state, agg_states = keep((state.theta + updates, v, opt_state, agg_states),
+                                                 (state.theta, state.v, state.opt_state, state.aggregator_state))
+        theta = agr.average_agreement(k_agree, rule, stepped, byzantine, attack, f, config.num_rounds, state.t,
+                                      config.per_recipient)
         honest = ~byzantine
         history = {
             "returns": jnp.sum(jnp.where(honest, returns, 0.0)) / jnp.sum(honest),
             "diameter": agr.diameter(theta, honest),
+            "skipped": jnp.sum((skipped & honest).astype(jnp.int32)),
         }
         return State(theta, state.theta, v, opt_state, agg_states, state.switches, state.t + 1, key), history
 
