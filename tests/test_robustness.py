@@ -139,3 +139,52 @@ def test_checkpoint_and_resume_are_bit_identical_for_fl_ppo_and_decbyzpg(tmp_pat
     with pytest.raises(_Killed):
         run_chunked(*args, chunk=2, progress=False, checkpoint_dir=str(tmp_path / "frl"), on_chunk=_kill_after(2))
     _assert_bit_identical(run_chunked(*args, chunk=2, progress=False, checkpoint_dir=str(tmp_path / "frl")), whole)
+
+
+# ---------------------------------------------------------------- silently wrong results become errors or right
+def test_float_idx_images_are_not_divided_again(tmp_path):
+    from fedjax_attacks.data import datasets
+
+    rng = np.random.default_rng(0)
+    images = rng.uniform(size=(3, 4, 4)).astype(">f4")
+    path = tmp_path / "images.idx"
+    path.write_bytes(bytes([0, 0, 0x0D, 3]) + b"".join(int(n).to_bytes(4, "big") for n in images.shape)
+                     + images.tobytes())
+    np.testing.assert_allclose(datasets._unit_range(datasets.read_idx(str(path)), "x"), images, rtol=1e-6)
+    np.testing.assert_allclose(datasets._unit_range(np.array([[0, 255]], np.uint8), "x"), [[0.0, 1.0]])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        datasets._unit_range(np.array([[2.0]], np.float32), "x")
+
+
+def test_bad_datasets_and_models_are_refused():
+    def broken(**changes):
+        return dataclasses.replace(DIGITS, **changes)
+
+    cases = {
+        "labels outside": broken(y_train=np.where(np.arange(len(DIGITS.y_train)) == 0, 10, DIGITS.y_train)),
+        "integer labels": broken(y_train=DIGITS.y_train.astype(np.float32)),
+        "NaN": broken(x_train=np.where(np.arange(DIGITS.x_train.size).reshape(DIGITS.x_train.shape) == 5, np.nan,
+                                       DIGITS.x_train)),
+        "differ in shape": broken(x_test=DIGITS.x_test[:, :4]),
+    }
+    for match, dataset in cases.items():
+        with pytest.raises(ValueError, match=match):
+            fl.make_simulation(fl.FLConfig(), dataset, MLP)
+    with pytest.raises(ValueError, match="fewer than"):
+        fl.make_simulation(fl.FLConfig(), DIGITS, models.get("mlp", 5, DIGITS.input_shape))
+
+
+def test_label_flip_uses_the_dataset_classes():
+    five = dataclasses.replace(DIGITS, y_train=DIGITS.y_train % 5, y_test=DIGITS.y_test % 5, num_classes=5)
+    sim = fl.make_simulation(dataclasses.replace(BASE, attack="label_flip"), five, models.get("mlp", 5, (8, 8, 1)))
+    x, y = sim.attack.poison_data(jax.random.PRNGKey(0), jnp.zeros((3, 1)), jnp.array([0, 2, 4]))
+    np.testing.assert_array_equal(y, [4, 2, 0])  # C - 1 - y with C = 5, not 10
+
+
+def test_image_metrics_refuse_batches_of_different_sizes():
+    from fedjax_attacks import inversion
+
+    a, b = jnp.zeros((4, 8, 8, 1)), jnp.zeros((1, 8, 8, 1))
+    for metric in (inversion.psnr, inversion.ssim, inversion.mse):
+        with pytest.raises(ValueError, match="same shape"):
+            metric(a, b)

@@ -155,10 +155,15 @@ def make_simulation(config: FLConfig, dataset: Dataset, model: FlatModel) -> Sim
         input shape does not match the data.
     """
     config.validate()
+    dataset.validate()
     if tuple(model.input_shape) != tuple(dataset.input_shape):
         raise ValueError(f"model input shape {model.input_shape} does not match dataset {dataset.input_shape}")
+    if model.num_classes < dataset.num_classes:
+        raise ValueError(f"model {model.name!r} has {model.num_classes} outputs, fewer than the dataset's "
+                         f"{dataset.num_classes} classes")
     aggregator = aggregators.check_final(aggregators.get(config.aggregator, **dict(config.aggregator_hparams)),
                                          f"FLConfig.aggregator={config.aggregator!r}")
+    config = _with_dataset_classes(config, dataset.num_classes)
     attack = attacks.get(config.attack, **dict(config.attack_hparams))
     if attack.needs_full_knowledge and config.knowledge != "full":
         raise ValueError(f"attack {config.attack!r} needs the benign updates (knowledge='full')")
@@ -316,6 +321,21 @@ def run_with_progress(sim: Simulation, keys: jax.Array, chunk_blocks: Optional[i
     state, history = run_chunked(sim.init, lambda s: sim.step(s, params), sim.num_blocks, keys, chunk=chunk_blocks,
                                  desc=desc, unit="round", unit_scale=sim.config.eval_every, **runner_options)
     return state.params, history
+
+
+def _with_dataset_classes(config: FLConfig, num_classes: int) -> FLConfig:
+    """``label_flip`` relabels ``y -> C - 1 - y``: its ``C`` is the dataset's unless the config sets it (also
+    for the members of a ``switch``)."""
+    def fill(name, hparams):
+        hparams = dict(hparams)
+        if name == "label_flip":
+            hparams.setdefault("num_classes", num_classes)
+        return hparams
+
+    hparams = fill(config.attack, config.attack_hparams)
+    if config.attack == "switch" and "members" in hparams:
+        hparams["members"] = tuple((name, fill(name, member)) for name, member in hparams["members"])
+    return dataclasses.replace(config, attack_hparams=hparams)
 
 
 def _raise_if_nonfinite(nonfinite, round_index):

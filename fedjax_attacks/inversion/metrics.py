@@ -16,8 +16,16 @@ BRUTE_FORCE_MAX = 8
 
 
 def mse(x: jax.Array, y: jax.Array) -> jax.Array:
-    """Per-image mean squared error ``mean (x - y)^2`` over H, W, C."""
+    """Per-image mean squared error ``mean (x - y)^2`` over H, W, C; ``x`` and ``y`` must have the same shape
+    (a batch is never broadcast against a batch of another size)."""
+    _check_same_shape(x, y, "mse")
     return jnp.mean(jnp.square(x - y), axis=(-3, -2, -1))
+
+
+def _check_same_shape(x, y, name: str) -> None:
+    if jnp.shape(x) != jnp.shape(y) or jnp.ndim(x) < 3:
+        raise ValueError(f"{name}: x and y must be images of the same shape [..., H, W, C], got {jnp.shape(x)} "
+                         f"and {jnp.shape(y)}")
 
 
 def psnr(x: jax.Array, y: jax.Array, data_range: float = 1.0) -> jax.Array:
@@ -45,6 +53,7 @@ def ssim(
     with Gaussian-weighted local statistics, ``C1 = (0.01 L)^2``, ``C2 = (0.03 L)^2``. The default 7x7 window
     (sigma 1.5) fits 8x8 digits; use 11 for 28x28 images as in the original paper.
     """
+    _check_same_shape(x, y, "ssim")
     h, w = x.shape[-3], x.shape[-2]
     if window_size > min(h, w):
         raise ValueError(f"window_size {window_size} larger than the {h}x{w} images")
@@ -95,7 +104,7 @@ def optimal_assignment(cost: jax.Array) -> jax.Array:
 
 def match_batch(recon: jax.Array, truth: jax.Array) -> jax.Array:
     """Indices ``perm`` such that ``recon[perm]`` is paired with ``truth`` (least total per-image MSE)."""
-    cost = jax.vmap(lambda t: mse(recon, t[None]))(truth)  # [B_true, B_recon]
+    cost = jax.vmap(lambda t: mse(recon, jnp.broadcast_to(t, recon.shape)))(truth)  # [B_true, B_recon]
     return optimal_assignment(cost)
 
 

@@ -131,8 +131,10 @@ def make_trainer(config: DQNConfig, env, env_params) -> Trainer:
                                                info["final_observation"], terminated))
         learning = (step + 1) * config.num_envs >= config.learning_starts
 
+        # sampled outside the cond: a cond closing over the buffer copies all of it every iteration
+        batch = replay.sample(k_upd, buffer, config.batch_size)
+
         def learn(q_state):
-            batch = replay.sample(k_upd, buffer, config.batch_size)
             loss, grads = jax.value_and_grad(td_loss)(q_state.params, target_params, q_net.apply, batch,
                                                       gamma=config.gamma, double_q=config.double_q)
             return q_state.apply_gradients(grads=grads), loss

@@ -131,9 +131,7 @@ def make_trainer(config: TD3Config, env, env_params) -> Trainer:
     capacity = min(config.buffer_size, config.total_timesteps)
     tx = optax.adam(config.learning_rate)
 
-    def update(learner: TD3State, buffer, key):
-        k_sample, k_noise = jax.random.split(key)
-        batch = replay.sample(k_sample, buffer, config.batch_size)
+    def update(learner: TD3State, batch, k_noise):
         targets = td_targets(k_noise, actor_net.apply, critic_net.apply, learner.actor_target,
                              learner.critic_target, batch, gamma=config.gamma,
                              policy_noise=config.policy_noise, noise_clip=config.noise_clip)
@@ -165,9 +163,13 @@ def make_trainer(config: TD3Config, env, env_params) -> Trainer:
         buffer = replay.add(buffer, Transition(obs, action, reward.astype(jnp.float32),
                                                info["final_observation"], terminated))
 
+        # minibatches sampled outside the cond: a cond closing over the buffer copies all of it every iteration
+        k_samples, k_noises = jnp.swapaxes(jax.vmap(jax.random.split)(jax.random.split(k_upd, config.gradient_steps)),
+                                           0, 1)
+        batches = jax.vmap(lambda k: replay.sample(k, buffer, config.batch_size))(k_samples)
+
         def learn(learner):
-            keys = jax.random.split(k_upd, config.gradient_steps)
-            learner, losses = jax.lax.scan(lambda l, k: update(l, buffer, k), learner, keys)
+            learner, losses = jax.lax.scan(lambda l, xs: update(l, *xs), learner, (batches, k_noises))
             return learner, jnp.mean(losses)
 
         learner, c_loss = jax.lax.cond((step + 1) * config.num_envs >= config.learning_starts, learn,
