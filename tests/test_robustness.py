@@ -188,3 +188,27 @@ def test_image_metrics_refuse_batches_of_different_sizes():
     for metric in (inversion.psnr, inversion.ssim, inversion.mse):
         with pytest.raises(ValueError, match="same shape"):
             metric(a, b)
+
+
+def _bad_configs():
+    from fedjax_attacks.rl import dqn, ppo, td3
+
+    return [
+        (lambda: fl.FLConfig(num_clients="100").validate(), "num_clients"),
+        (lambda: fl.FLConfig(clients_per_round=2.5).validate(), "clients_per_round"),
+        (lambda: fl.FLConfig(server_lr=0.0).validate(), "server_lr"),
+        (lambda: fl.FLConfig(lr=-0.1).validate(), "lr"),
+        (lambda: ppo.PPOConfig(learning_rate=0.0).validate(), "learning_rate"),
+        (lambda: ppo.PPOConfig(num_envs=4.0).validate(), "num_envs"),
+        (lambda: dqn.DQNConfig(learning_rate=-1e-3).validate(), "learning_rate"),
+        (lambda: dqn.DQNConfig(total_timesteps=1000, learning_starts=1000).validate(), "learning_starts"),
+        (lambda: dqn.DQNConfig(buffer_size=64, batch_size=128).validate(), "batch_size"),
+        (lambda: td3.TD3Config(total_timesteps=100, learning_starts=200).validate(), "learning_starts"),
+    ]
+
+
+@pytest.mark.parametrize("index", range(10))
+def test_nonsense_configs_raise_naming_the_field(index):
+    make, field = _bad_configs()[index]
+    with pytest.raises(ValueError, match=field):
+        make()

@@ -3,6 +3,8 @@
 import dataclasses
 from typing import Any, Mapping
 
+from fedjax_attacks.validation import check_count, check_rate
+
 MODES = ("fedsgd", "fedavg")
 KNOWLEDGE = ("full", "partial")
 ON_NONFINITE = ("skip", "raise", "apply")
@@ -27,7 +29,8 @@ class FLConfig:
       attack, attack_hparams: attack name and hyperparameters for ``attacks.get``.
       knowledge: "full" (attackers see the benign updates) or "partial" (only their own).
       partition: "iid", "q_noniid" (degree ``q``) or "dirichlet" (``alpha``); ``partition_seed`` fixes it.
-      root_size: samples of server root data (FLTrust's g0 is one update computed on them).
+      root_size: samples of server root data (FLTrust's g0 is one update computed on them); clamped to the
+        training set's size.
       unroll: unroll factor of the scan over the rounds of one evaluation block (``lax.scan(unroll=...)``).
         On XLA's CPU backend convolutions inside a loop body ran ~4-5x slower than unrolled (measured with the
         paper CNN); unrolling costs compile time, so keep 1 for MLPs and use up to ``eval_every`` for CNNs on CPU.
@@ -66,8 +69,9 @@ class FLConfig:
         positive = ("num_clients", "clients_per_round", "batch_size", "local_steps", "rounds", "eval_every", "root_size",
                     "unroll")
         for name in positive:
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"FLConfig.{name} must be >= 1, got {getattr(self, name)}")
+            check_count(self, name)
+        check_count(self, "num_malicious", 0)
+        check_count(self, "partition_seed", 0)
         if not 0 <= self.num_malicious <= self.num_clients:
             raise ValueError(f"num_malicious M={self.num_malicious} must be in [0, num_clients K={self.num_clients}]")
         if self.clients_per_round > self.num_clients:
@@ -80,7 +84,7 @@ class FLConfig:
             raise ValueError("mode='fedsgd' sends one gradient: local_steps must be 1 (use mode='fedavg')")
         if self.knowledge not in KNOWLEDGE:
             raise ValueError(f"knowledge must be one of {KNOWLEDGE}, got {self.knowledge!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        check_rate(self, "lr")
+        check_rate(self, "server_lr")
         if self.on_nonfinite not in ON_NONFINITE:
             raise ValueError(f"FLConfig.on_nonfinite must be one of {ON_NONFINITE}, got {self.on_nonfinite!r}")

@@ -38,6 +38,7 @@ from fedjax_attacks.rl import env as env_lib
 from fedjax_attacks.rl import gae as gae_lib
 from fedjax_attacks.rl import networks, wrappers
 from fedjax_attacks.runner import Trainer
+from fedjax_attacks.validation import check_count, check_rate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,9 +82,9 @@ class PPOConfig:
 
     def validate(self) -> None:
         """Raises ``ValueError`` on inconsistent settings."""
-        for name in ("num_envs", "num_steps", "update_epochs", "num_minibatches"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("total_timesteps", "num_envs", "num_steps", "update_epochs", "num_minibatches"):
+            check_count(self, name)
+        check_rate(self, "learning_rate")
         if self.num_updates < 1:
             raise ValueError(f"total_timesteps={self.total_timesteps} is less than one batch ({self.batch_size})")
         if self.batch_size % self.num_minibatches:

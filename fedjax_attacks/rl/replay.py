@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from fedjax_attacks.validation import check_count, check_rate
+
 
 class Transition(NamedTuple):
     """One stored transition: ``obs``, ``action`` (int for DQN, unit-box float for TD3), ``reward``, the true
@@ -20,15 +22,24 @@ class Transition(NamedTuple):
 
 
 def validate_off_policy(config, positive: tuple) -> None:
-    """Checks shared by off-policy configs (DQN, TD3): the ``positive`` fields >= 1, at least one vectorized
-    step (``total_timesteps >= num_envs``) and a buffer holding one step of every env; ``ValueError`` otherwise."""
-    for name in positive:
-        if getattr(config, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+    """Checks shared by off-policy configs (DQN, TD3): integer counts (the ``positive`` fields >= 1), a learning
+    rate > 0, at least one vectorized step, a buffer holding one step of every env and a batch, and learning that
+    starts before the run ends; ``ValueError`` naming the field otherwise."""
+    name = type(config).__name__
+    for field in ("total_timesteps",) + tuple(positive):
+        check_count(config, field)
+    check_count(config, "learning_starts", 0)
+    check_rate(config, "learning_rate")
     if config.total_timesteps // config.num_envs < 1:
-        raise ValueError(f"total_timesteps={config.total_timesteps} < num_envs={config.num_envs}")
+        raise ValueError(f"{name}: total_timesteps={config.total_timesteps} < num_envs={config.num_envs}")
     if config.buffer_size < config.num_envs:
-        raise ValueError("buffer_size must be >= num_envs")
+        raise ValueError(f"{name}: buffer_size must be >= num_envs")
+    if config.learning_starts >= config.total_timesteps:
+        raise ValueError(f"{name}.learning_starts={config.learning_starts} must be below total_timesteps="
+                         f"{config.total_timesteps}: the agent would never learn")
+    if config.batch_size > min(config.buffer_size, config.total_timesteps):
+        raise ValueError(f"{name}.batch_size={config.batch_size} exceeds what the buffer can hold "
+                         f"(min(buffer_size, total_timesteps) = {min(config.buffer_size, config.total_timesteps)})")
 
 
 @struct.dataclass

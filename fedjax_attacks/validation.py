@@ -1,0 +1,26 @@
+"""Config checks shared by every frozen config's ``validate()``: counts and positive rates, with clear errors.
+
+A traced value (a float hyperparameter vmapped over, e.g. PPO's learning rate in a sweep) passes the rate check:
+it was validated where it was made.
+"""
+
+import jax
+import numpy as np
+
+
+def check_count(config, name: str, minimum: int = 1) -> int:
+    """``config.<name>`` must be an integer (not a bool, float or string) ``>= minimum``; returns it."""
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{type(config).__name__}.{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_rate(config, name: str) -> None:
+    """``config.<name>`` must be a finite number ``> 0`` (learning rates, step sizes); tracers pass."""
+    value = getattr(config, name)
+    if isinstance(value, jax.core.Tracer):
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not (
+            np.isfinite(value) and value > 0):
+        raise ValueError(f"{type(config).__name__}.{name} must be a finite number > 0, got {value!r}")
