@@ -24,9 +24,9 @@ def geometric_median(num_iters: int = 8, smoothing: float = 0.1) -> Aggregator:
     started at ``z = 0`` (as ByzFL; a far outlier then barely moves the first iterate). Optional context
     ``weights`` (alpha, f32[n], default 1).
 
-    Distances after the first iterate are taken about ``c = z_1``, ``||x_i - z||^2 = ||x_i - c||^2 -
-    2 <x_i - c, z - c> + ||z - c||^2``, so rows sharing a component much larger than their spread keep their
-    float32 precision (and the first iterate needs no matrix-vector product: its distances are the norms).
+    Distances use ``||x_i||^2 - 2 <x_i, z> + ||z||^2`` (one matrix-vector product per iteration, at HIGHEST
+    precision): rows sharing a component much larger than their spread lose precision here (unlike the
+    distance-based selection rules, whose distances are centred).
     """
     num_iters = check_int(num_iters, "geometric_median: num_iters", 1)
     nu = check_positive(smoothing, "geometric_median: smoothing")
@@ -39,24 +39,13 @@ def geometric_median(num_iters: int = 8, smoothing: float = 0.1) -> Aggregator:
         alpha = jnp.ones((n,), updates.dtype) if weights is None else jnp.asarray(weights, updates.dtype)
         alpha = jnp.where(good, alpha, 0)
 
-        def weiszfeld(dist):
+        def step(z):
+            dist = _distances_to(updates, norms2, good, z)
             beta = alpha / jnp.maximum(nu, dist)
             beta = jnp.where(good & jnp.isfinite(beta), beta, 0)
             return weighted_row_sum(updates, beta / jnp.sum(beta), good)
 
-        centre = weiszfeld(jnp.sqrt(jnp.where(good, norms2, 0)))  # z_1, from z_0 = 0
-        if num_iters == 1:
-            return centre
-        norms2_c = jnp.where(good, sq_norms(jnp.where(good[:, None], updates - centre, 0)), 0)
-
-        def step(_, z):
-            shift = z - centre
-            inner = jnp.where(good, hdot(updates, shift), 0) - jnp.dot(centre, shift)  # <x_i - c, z - c>
-            dist2 = norms2_c - 2 * inner + jnp.dot(shift, shift)
-            return weiszfeld(jnp.sqrt(jnp.maximum(dist2, 0)))
-
-        z = weiszfeld(jnp.sqrt(norms2_c))  # z_2: the distances about c = z_1 need no product
-        return lax.fori_loop(0, num_iters - 2, step, z)
+        return lax.fori_loop(0, num_iters, lambda _, z: step(z), jnp.zeros((d,), updates.dtype))
 
     return stateless(aggregate, name="geometric_median")
 
