@@ -321,12 +321,14 @@ def test_krum_returns_an_input_and_geometric_median_minimises(seed):
 @settings(max_examples=15, deadline=None)
 @given(seed=seeds, num_out=st.integers(0, 2),
        value=st.floats(allow_nan=False, allow_infinity=False, width=32) | st.sampled_from([np.nan, np.inf, -np.inf]))
+@example(seed=425214656, num_out=2, value=0.0)  # two zero rows beyond bulyan(1)'s tolerance
 def test_coordinatewise_rules_stay_in_honest_range(seed, num_out, value):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(N, D)).astype(np.float32)
     outliers = rng.choice(N, num_out, replace=False)
     x[outliers] = np.float32(value) * rng.choice([-1, 1], size=(num_out, D))
     honest = np.delete(x, outliers, axis=0)
-    for name in ("median", "trimmed_mean", "bulyan"):
+    # bulyan(1) tolerates one outlier: two identical zero rows sit inside N(0, 1) data and may both be selected
+    for name in ("median", "trimmed_mean") + (("bulyan",) if num_out <= 1 else ()):
         out = np.asarray(JITTED[name](jnp.asarray(x)))
         assert np.all(out >= honest.min(0) - 1e-5) and np.all(out <= honest.max(0) + 1e-5), name
