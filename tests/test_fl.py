@@ -141,6 +141,7 @@ def test_model_must_match_data():
         fl.make_run(fl.FLConfig(), DIGITS, models.get("mlp", 10, (28, 28, 1)))
 
 
+@pytest.mark.slow  # the scalar-index form of test_interfaces' vmapped sweep test
 def test_attack_sweep_matches_separate_runs():
     members = [("none", {}), ("ipm", {"eps": 5.0})]
     config = dataclasses.replace(SMALL, aggregator="median")

@@ -218,9 +218,8 @@ def _assert_trees_close(a, b):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
 
 
-def test_chunked_runs_equal_whole_runs_for_ppo_dqn_and_decbyzpg():
-    from fedjax_attacks import frl
-    from fedjax_attacks.rl import dqn, env as rl_env, ppo
+def test_chunked_ppo_run_equals_the_whole_run():
+    from fedjax_attacks.rl import env as rl_env, ppo
 
     env, env_params = rl_env.make("CartPole-v1")
     keys = jax.random.split(jax.random.PRNGKey(0), 2)
@@ -232,6 +231,14 @@ def test_chunked_runs_equal_whole_runs_for_ppo_dqn_and_decbyzpg():
     _assert_trees_close(chunked.train_state.params, whole.train_state.params)
     _assert_trees_close(chunked.metrics, whole.metrics)
 
+
+@pytest.mark.slow  # two more compiles of the same chunked runner (test_robustness resumes DecByzPG in chunks too)
+def test_chunked_dqn_and_decbyzpg_runs_equal_whole_runs():
+    from fedjax_attacks import frl
+    from fedjax_attacks.rl import dqn, env as rl_env
+
+    env, env_params = rl_env.make("CartPole-v1")
+    keys = jax.random.split(jax.random.PRNGKey(0), 2)
     q_trainer = dqn.make_trainer(dqn.DQNConfig(total_timesteps=96, num_envs=4, learning_starts=32, batch_size=8,
                                                train_frequency=4, buffer_size=96, hidden=(8,)), env, env_params)
     _assert_trees_close(q_trainer.run_with_progress(keys[0], chunk=7).q_state.params,

@@ -355,7 +355,7 @@ def test_td3_custom_env_with_arbitrary_bounds():
     np.testing.assert_allclose(action, [5.0, -0.8], atol=0.3)
 
 
-@pytest.mark.parametrize("changes,match", [({"batch_size": 0}, "batch_size must be >= 1"),
+@pytest.mark.parametrize("changes,match", [({"batch_size": 0}, "batch_size must be an integer >= 1"),
                                            ({"total_timesteps": 1, "num_envs": 4}, "total_timesteps"),
                                            ({"buffer_size": 2, "num_envs": 4}, "buffer_size")])
 def test_off_policy_configs_share_validation(changes, match):

@@ -84,7 +84,7 @@ def test_frl_refuses_non_finite_directions(make):
 
     config = frl.DecByzPGConfig(num_agents=5, num_byzantine=3, attack="non_finite", attack_hparams={"kind": "nan"},
                                 aggregator="median", agreement="none", large_batch=4, small_batch=2, horizon=20,
-                                hidden=(8,))
+                                hidden=(8,), allow_byzantine_majority=True)
     alg = getattr(frl, f"make_{make}")(config)
     state, history = jax.jit(alg.run)(jax.random.PRNGKey(0), np.array([True, False, True]))
     assert np.all(np.isfinite(np.asarray(state.theta)))
@@ -110,11 +110,7 @@ def _assert_bit_identical(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def test_checkpoint_and_resume_are_bit_identical_for_fl_ppo_and_decbyzpg(tmp_path):
-    from fedjax_attacks import frl
-    from fedjax_attacks.rl import env as rl_env, ppo
-    from fedjax_attacks.runner import run_chunked
-
+def test_checkpoint_and_resume_are_bit_identical_for_fl(tmp_path):
     keys = jax.random.split(jax.random.PRNGKey(0), 2)
     sim = fl.make_simulation(dataclasses.replace(BASE, attack="ipm", rounds=16, eval_every=2), DIGITS, MLP)
     whole = fl.run_with_progress(sim, keys, chunk_blocks=2)
@@ -122,6 +118,14 @@ def test_checkpoint_and_resume_are_bit_identical_for_fl_ppo_and_decbyzpg(tmp_pat
         fl.run_with_progress(sim, keys, chunk_blocks=2, checkpoint_dir=str(tmp_path / "fl"), on_chunk=_kill_after(2))
     _assert_bit_identical(fl.run_with_progress(sim, keys, chunk_blocks=2, checkpoint_dir=str(tmp_path / "fl")), whole)
 
+
+@pytest.mark.slow  # the same runner as the FL test above, with two more programs to compile
+def test_checkpoint_and_resume_are_bit_identical_for_ppo_and_decbyzpg(tmp_path):
+    from fedjax_attacks import frl
+    from fedjax_attacks.rl import env as rl_env, ppo
+    from fedjax_attacks.runner import run_chunked
+
+    keys = jax.random.split(jax.random.PRNGKey(0), 2)
     env, env_params = rl_env.make("CartPole-v1")
     trainer = ppo.make_trainer(ppo.PPOConfig(total_timesteps=5 * 4 * 16, num_envs=4, num_steps=16, hidden=(8,)),
                                env, env_params)
