@@ -32,6 +32,10 @@ from fedjax_attacks.inversion.optimize import (
     make_multistart,
     step_decay_schedule,
 )
+from fedjax_attacks.inversion.rgia import REGULARIZERS, RGIAConfig, RGIAResult, Victim, make_rgia
+from fedjax_attacks.inversion.rgia_envs import RGIAEnv, make_env as make_rgia_env
+from fedjax_attacks.inversion.rgia_priors import Prior, StatePrior, fit_prior, prior_split
+from fedjax_attacks.inversion.rgia_victims import VictimRun, make_noisy_dqn_train, train_victim, victim_for
 
 __all__ = [
     "LABEL_MODES", "Reconstruction", "dlg", "inverting_gradients",
@@ -42,4 +46,8 @@ __all__ = [
     "total_variation",
     "batch_scores", "label_accuracy", "match_batch", "mse", "optimal_assignment", "psnr", "ssim",
     "MultiStartResult", "make_minimizer", "make_multistart", "step_decay_schedule",
+    "REGULARIZERS", "RGIAConfig", "RGIAResult", "Victim", "make_rgia",
+    "RGIAEnv", "make_rgia_env",
+    "Prior", "StatePrior", "fit_prior", "prior_split",
+    "VictimRun", "make_noisy_dqn_train", "train_victim", "victim_for",
 ]

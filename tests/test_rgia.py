@@ -1,0 +1,348 @@
+"""Tests for RGIA (seed paper 001): victims' losses against the RL engine's, the attacker's priors, the metrics
+against plain references, the environments' true steps, the attack itself, the victims' training, bad input."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+from sklearn.mixture import GaussianMixture
+
+from fedjax_attacks.inversion import rgia, rgia_envs, rgia_metrics, rgia_priors, rgia_victims
+from fedjax_attacks.rl import dqn, td3
+from fedjax_attacks.rl.replay import Transition
+
+
+def random_transitions(env: rgia_envs.RGIAEnv, key, n):
+    """``n`` transitions of a uniformly random policy (one environment, auto-reset)."""
+
+    def step(carry, k):
+        obs, state = carry
+        k_a, k_env = jax.random.split(k)
+        if env.discrete:
+            a = jax.random.randint(k_a, (), 0, env.num_actions)
+        else:
+            a = jax.random.uniform(k_a, (env.num_actions,), minval=-1.0, maxval=1.0)
+        nxt, state, r, term, _, info = env.env.step(k_env, state, a, env.env_params)
+        return (nxt, state), Transition(obs, a, r.astype(jnp.float32), info["final_observation"], term)
+
+    k_reset, k_steps = jax.random.split(key)
+    init = env.env.reset(k_reset, env.env_params)
+    return jax.jit(lambda ks: jax.lax.scan(step, init, ks)[1])(jax.random.split(k_steps, n))
+
+
+@pytest.fixture(scope="module")
+def cartpole():
+    return rgia_envs.make_env("CartPole-v1")
+
+
+@pytest.fixture(scope="module")
+def cartpole_data(cartpole):
+    return random_transitions(cartpole, jax.random.PRNGKey(0), 3000)
+
+
+@pytest.fixture(scope="module")
+def cartpole_prior(cartpole_data):
+    prior_data = jax.tree.map(lambda x: x[:600], cartpole_data)
+    return rgia_priors.fit_prior(jax.random.PRNGKey(1), prior_data, discrete=True, num_actions=2)
+
+
+def one_batch(data, start, size):
+    return jax.tree.map(lambda x: x[start:start + size], data)
+
+
+# ---------------------------------------------------------------- victims: losses of the RL engine
+
+
+def test_dqn_relaxed_gradient_equals_engine_td_loss_gradient(cartpole_data):
+    victim = rgia.Victim("dqn", 4, 2)
+    params = {"online": victim.init(jax.random.PRNGKey(0))["online"],
+              "target": victim.init(jax.random.PRNGKey(1))["online"]}
+    batch = one_batch(cartpole_data, 0, 8)._replace(terminated=jnp.arange(8) % 3 == 0)
+    engine = jax.jit(jax.grad(dqn.td_loss), static_argnames=("q_fn", "gamma", "double_q"))(
+        params["online"], params["target"], victim.networks()[0].apply, batch, gamma=0.99, double_q=True)
+    np.testing.assert_allclose(ravel_pytree(jax.jit(victim.gradient)(params, batch))[0], ravel_pytree(engine)[0],
+                               rtol=1e-6)
+    soft = batch._replace(action=jax.nn.one_hot(batch.action, 2), terminated=batch.terminated.astype(jnp.float32))
+    np.testing.assert_allclose(jax.jit(victim.relaxed_gradient)(params, soft), ravel_pytree(engine)[0], rtol=2e-5,
+                               atol=1e-7)
+
+
+def test_td3_relaxed_gradient_equals_engine_critic_loss_gradient():
+    victim = rgia.Victim("td3", 5, 2, hidden=(16, 16))
+    params = victim.init(jax.random.PRNGKey(0))
+    params["target"] = victim.init(jax.random.PRNGKey(1))["online"]
+    k = jax.random.split(jax.random.PRNGKey(2), 4)
+    batch = Transition(jax.random.normal(k[0], (6, 5)), jax.random.uniform(k[1], (6, 2), minval=-1, maxval=1),
+                       jax.random.normal(k[2], (6,)), jax.random.normal(k[3], (6, 5)), jnp.arange(6) % 2 == 0)
+    key = jax.random.PRNGKey(3)
+    critic, actor = victim.networks()
+
+    @jax.jit
+    def engine_gradient(params, batch, key):
+        y = td3.td_targets(key, actor.apply, critic.apply, params["actor_target"], params["target"], batch,
+                           gamma=0.99, policy_noise=0.2, noise_clip=0.5)
+        return ravel_pytree(jax.grad(td3.critic_loss)(params["online"], critic.apply, batch, y))[0]
+
+    engine = engine_gradient(params, batch, key)
+    np.testing.assert_allclose(ravel_pytree(jax.jit(victim.gradient)(params, batch, key))[0], engine, rtol=1e-6)
+    soft = batch._replace(terminated=batch.terminated.astype(jnp.float32))
+    np.testing.assert_allclose(jax.jit(victim.relaxed_gradient)(params, soft, key), engine, rtol=2e-5, atol=1e-7)
+
+
+def test_attacker_gradient_reaches_reward_and_next_state_where_engine_loss_does_not(cartpole_data):
+    """The engine's stop_gradient on the TD target also cuts d g / d r; the relaxed loss keeps it."""
+    victim = rgia.Victim("dqn", 4, 2)
+    params = victim.init(jax.random.PRNGKey(0))
+    batch = one_batch(cartpole_data, 0, 2)
+    soft = batch._replace(action=jax.nn.one_hot(batch.action, 2), terminated=batch.terminated.astype(jnp.float32))
+    g_bar = victim.relaxed_gradient(params, soft)
+    attacker = lambda r, s2: jnp.sum(jnp.square(
+        victim.relaxed_gradient(params, soft._replace(reward=r, next_obs=s2)) - 2 * g_bar))
+    engine = lambda r, s2: jnp.sum(jnp.square(
+        ravel_pytree(victim.gradient(params, batch._replace(reward=r, next_obs=s2)))[0] - 2 * g_bar))
+    d_r, d_s2 = jax.jit(jax.grad(attacker, argnums=(0, 1)))(batch.reward, batch.next_obs)
+    assert np.all(np.abs(d_r) > 0) and np.any(np.abs(d_s2) > 0)
+    e_r, e_s2 = jax.jit(jax.grad(engine, argnums=(0, 1)))(batch.reward, batch.next_obs)
+    assert np.all(e_r == 0) and np.all(e_s2 == 0)
+
+
+# ---------------------------------------------------------------- priors
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_state_prior_log_prob_matches_sklearn(covariance_type):
+    rng = np.random.default_rng(0)
+    u = np.concatenate([rng.normal(size=(100, 3)), rng.normal(size=(100, 3)) * 0.5 + 3.0])
+    prior = rgia_priors.fit_state_prior(u, 2, covariance_type, reg_covar=1e-2)
+    gm = GaussianMixture(2, covariance_type=covariance_type, reg_covar=1e-2, random_state=0).fit(u)
+    np.testing.assert_allclose(jax.vmap(prior.log_prob)(jnp.asarray(u[:20], jnp.float32)), gm.score_samples(u[:20]),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_prior_regularizers_hand_computed(cartpole_prior, cartpole_data):
+    p = cartpole_prior.replace(reward_low=jnp.float32(-1.0), reward_high=jnp.float32(2.0))
+    # hinge: max(0, -1 - r) + max(0, r - 2) = [1, 0, 0, 1.5] -> mean 0.625
+    assert float(p.reward_hinge(jnp.array([-2.0, 0.0, 2.0, 3.5]))) == pytest.approx(0.625)
+    s = cartpole_data.obs[:5]
+    a = jax.nn.one_hot(cartpole_data.action[:5], 2)
+    u_pred = p.dynamics.apply(p.dynamics_params, p.standardize(s), a)
+    assert float(p.dynamics_error(s, a, u_pred * p.state_scale + p.state_mean)) == pytest.approx(0.0, abs=1e-8)
+    gauss = lambda x: -float(p.gaussian.log_prob(p.standardize(x))) / 4
+    assert float(p.state_nll("gaussian", s[:1])) == pytest.approx(gauss(s[0]), rel=1e-5)
+    assert float(p.state_nll("gaussian", 10 * s[:1] + 5)) > float(p.state_nll("gaussian", s[:1]))
+
+
+def test_transition_model_learns_cartpole_dynamics(cartpole_prior, cartpole_data):
+    held_out = one_batch(cartpole_data, 2000, 500)
+    a = jax.nn.one_hot(held_out.action, 2)
+    pred = cartpole_prior.dynamics.apply(cartpole_prior.dynamics_params, cartpole_prior.standardize(held_out.obs), a)
+    err = float(jnp.mean(jnp.square(pred - cartpole_prior.standardize(held_out.next_obs))))
+    naive = float(jnp.mean(jnp.square(cartpole_prior.standardize(held_out.obs) - cartpole_prior.standardize(held_out.next_obs))))
+    assert err < 0.05 * naive
+
+
+def test_prior_split_is_a_disjoint_partition():
+    prior, rest = rgia_priors.prior_split(jax.random.PRNGKey(0), 10_000)
+    assert len(prior) == 30 and len(rest) == 9_970
+    assert sorted(np.concatenate([prior, rest]).tolist()) == list(range(10_000))
+
+
+# ---------------------------------------------------------------- metrics against plain references
+
+
+def _batch(obs, action, reward, next_obs):
+    return Transition(jnp.asarray(obs, jnp.float32), jnp.asarray(action), jnp.asarray(reward, jnp.float32),
+                      jnp.asarray(next_obs, jnp.float32), jnp.zeros(len(reward), bool))
+
+
+def test_match_mse_and_ra_hand_computed():
+    truth = _batch([[0.0, 0.0], [5.0, 5.0]], [0, 1], [1.0, 0.0], [[0.0, 1.0], [5.0, 6.0]])
+    recon = _batch([[5.0, 5.05], [0.3, 0.0]], [1, 1], [0.0, 1.0], [[5.0, 6.0], [0.0, 1.0]])
+    rec = rgia_metrics.matched(recon, truth, True, 2)
+    np.testing.assert_allclose(rec.obs, [[0.3, 0.0], [5.0, 5.05]])
+    # vectors [s, onehot a, r, s'] (7 components): errors 0.3 and 1, 1 (action 1 vs 0) | 0.05
+    expected = (0.09 + 1 + 1 + 0.0025) / 14
+    assert float(rgia_metrics.mse(rec, truth, True, 2)) == pytest.approx(expected, rel=1e-5)
+    ra = rgia_metrics.reconstruction_accuracy(rec, truth, True, tol=0.1)
+    # s: 3 of 4 within 0.1; a: 1 of 2; r: 2 of 2; s': 2 of 2
+    assert {k: round(float(v), 4) for k, v in ra.items()} == {"ra": round((0.75 + 0.5 + 1 + 1) / 4, 4), "s": 0.75,
+                                                             "a": 0.5, "r": 1.0, "s2": 1.0}
+    wide = rgia_metrics.reconstruction_accuracy(rec, truth, True, tol=0.1, state_scale=jnp.array([3.0, 1.0]))
+    assert float(wide["s"]) == 1.0
+
+
+def test_dispersion_consistency_and_gme_against_loops():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(5, 3))
+    mean = x.mean(0)
+    ed = np.mean([np.linalg.norm(xi - mean) for xi in x])
+    cd = np.mean([np.linalg.norm(x[i] - x[j]) for i, j in itertools.combinations(range(5), 2)])
+    assert float(rgia_metrics.euclidean_dispersion(jnp.asarray(x))) == pytest.approx(ed, rel=1e-5)
+    assert float(rgia_metrics.consistency_distance(jnp.asarray(x))) == pytest.approx(cd, rel=1e-5)
+    assert float(rgia_metrics.consistency_distance(jnp.asarray(x[:1]))) == 0.0
+    g, g_bar = jnp.array([1.0, 2.0]), jnp.array([1.0, 0.0])
+    assert float(rgia_metrics.gradient_matching_error(g, g_bar)) == pytest.approx(4.0)
+
+
+def test_silhouette_separates_tight_clusters_from_scatter():
+    rng = np.random.default_rng(2)
+    labels = np.repeat([0, 1, 2], 8)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    tight = centres[labels] + 0.1 * rng.normal(size=(24, 2))
+    scatter = centres[labels] + 20.0 * rng.normal(size=(24, 2))
+    assert rgia_metrics.silhouette(tight, labels) > 0.9 > 0.2 > rgia_metrics.silhouette(scatter, labels)
+    assert np.isnan(rgia_metrics.silhouette(tight, np.zeros(24)))
+
+
+# ---------------------------------------------------------------- environments: the real step from an observation
+
+
+@pytest.mark.parametrize("name", ["CartPole-v1", "FrozenLake-misc",
+                                  pytest.param("Pong-misc", marks=pytest.mark.slow)])
+def test_true_step_reproduces_environment_transitions(name):
+    env = rgia_envs.make_env(name)
+    data = random_transitions(env, jax.random.PRNGKey(3), 60)
+    assert data.obs.shape == (60, env.obs_dim)
+    te = jax.vmap(lambda k, s, a, s2: jnp.max(jnp.abs(env.true_step(k, s, a) - s2)))(
+        jax.random.split(jax.random.PRNGKey(4), 60), data.obs, data.action, data.next_obs)
+    if name == "Pong-misc":  # the ball velocity is read off two frames: exact except after a reset or bounce
+        assert float(jnp.mean(te == 0)) > 0.8
+    else:
+        np.testing.assert_allclose(te, 0.0, atol=1e-6)
+
+
+def test_transition_error_of_true_data_is_zero_and_of_shuffled_data_is_not(cartpole, cartpole_data):
+    batch = one_batch(cartpole_data, 100, 16)
+    key = jax.random.PRNGKey(0)
+    assert float(rgia_metrics.transition_error(cartpole.true_step, key, batch)) == pytest.approx(0.0, abs=1e-6)
+    shuffled = batch._replace(next_obs=batch.next_obs[::-1])
+    assert float(rgia_metrics.transition_error(cartpole.true_step, key, shuffled)) > 0.05
+
+
+@pytest.mark.slow
+def test_brax_true_step_reproduces_hopper_transitions():
+    env = rgia_envs.make_env("brax:hopper", episode_length=50)
+    data = random_transitions(env, jax.random.PRNGKey(3), 30)
+    te = rgia_metrics.transition_error(env.true_step, jax.random.PRNGKey(0), data)
+    assert float(te) < 1e-4
+
+
+# ---------------------------------------------------------------- the attack
+
+
+@pytest.fixture(scope="module")
+def cartpole_target(cartpole_data):
+    victim = rgia.Victim("dqn", 4, 2)
+    params = victim.init(jax.random.PRNGKey(5))
+    truth = jax.tree.map(lambda x: x[1000:1002].reshape(2, 1, *x.shape[1:]), cartpole_data)
+    g_bar = jax.vmap(lambda b: ravel_pytree(victim.gradient(params, b))[0])(truth)
+    return victim, params, truth, g_bar
+
+
+def test_rgia_recovers_reward_and_next_state_where_gia_finds_a_pseudo_solution(cartpole_target, cartpole_prior):
+    """Batch 1 at an untrained network: the gradient pins s and a (GIA gets them), but only the TD target
+    y = r + gamma Q(s') constrains (r, s'): GIA lands on a pseudo-solution, R_r + R_f pick the true one.
+    GIA and RGIA on both targets are one vmapped call (GIA = zero weights); a separate call agrees with it."""
+    victim, params, truth, g_bar = cartpole_target
+    attack = rgia.make_rgia(victim, rgia.RGIAConfig(batch_size=1, num_steps=400, num_restarts=8,
+                                                    regularizers={"reward": 1.0, "dynamics": 0.1}))
+    weights = {"reward": jnp.array([0.0, 0.0, 1.0, 1.0]), "dynamics": jnp.array([0.0, 0.0, 0.1, 0.1])}
+    keys = jax.random.split(jax.random.PRNGKey(6), 4)
+    g4 = jnp.concatenate([g_bar, g_bar])
+    res = jax.vmap(attack, in_axes=(0, None, 0, None, 0))(keys, params, g4, cartpole_prior, weights)
+    assert res.restart_batches.obs.shape == (4, 8, 1, 4) and res.loss_history.shape == (4, 8, 400)
+    truth2 = jax.tree.map(lambda x: jnp.concatenate([x, x]), truth)
+    np.testing.assert_allclose(res.batch.obs, truth2.obs, atol=0.02)
+    np.testing.assert_array_equal(res.batch.action, truth2.action)
+    err = jnp.abs(res.batch.next_obs - truth2.next_obs).max(axis=(1, 2))
+    assert float(err[2:].max()) < 0.15 < 0.5 < float(err[:2].min())  # RGIA's error: the transition model's
+    np.testing.assert_allclose(res.batch.reward[2:], truth.reward, atol=0.05)
+    assert float(res.loss[3]) == pytest.approx(float(jnp.min(res.restart_losses[3])))
+    one = attack(keys[3], params, g_bar[1], cartpole_prior)  # the config's weights are RGIA's
+    np.testing.assert_allclose(one.restart_losses, res.restart_losses[3], rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(one.batch.next_obs, res.batch.next_obs[3], atol=1e-4)
+
+
+@pytest.mark.slow
+def test_td3_attack_recovers_state_and_action_at_batch_one():
+    victim = rgia.Victim("td3", 3, 2, hidden=(16, 16))
+    params = victim.init(jax.random.PRNGKey(0))
+    k = jax.random.split(jax.random.PRNGKey(1), 4)
+    data = Transition(jax.random.normal(k[0], (40, 3)), jax.random.uniform(k[1], (40, 2), minval=-0.9, maxval=0.9),
+                      jax.random.uniform(k[2], (40,)), jax.random.normal(k[3], (40, 3)), jnp.zeros(40, bool))
+    prior = rgia_priors.fit_prior(jax.random.PRNGKey(2), data, discrete=False, num_actions=2, dynamics_steps=50)
+    truth = one_batch(data, 0, 1)
+    key = jax.random.PRNGKey(3)
+    g_bar = victim.gradient(params, truth, key)
+    attack = rgia.make_rgia(victim, rgia.RGIAConfig(num_steps=400, num_restarts=4, regularizers={}))
+    res = attack(jax.random.PRNGKey(4), params, g_bar, prior, loss_key=key)
+    np.testing.assert_allclose(res.batch.obs, truth.obs, atol=0.05)
+    np.testing.assert_allclose(res.batch.action, truth.action, atol=0.05)
+
+
+# ---------------------------------------------------------------- victims' training
+
+
+def test_train_victim_keeps_every_transition_and_the_victim_layout(cartpole):
+    config = dqn.DQNConfig(total_timesteps=512, num_envs=8, learning_starts=128, batch_size=16, train_frequency=8,
+                           target_network_frequency=64, hidden=(16, 16))
+    run = rgia_victims.train_victim(jax.random.PRNGKey(0), cartpole, config)
+    victim = rgia_victims.victim_for(cartpole, config)
+    assert run.replay.obs.shape == (512, 4) and run.episode_returns.shape == (64,)
+    want = jax.tree.map(jnp.shape, victim.init(jax.random.PRNGKey(0)))
+    assert jax.tree.map(jnp.shape, run.trained) == want == jax.tree.map(jnp.shape, run.untrained)
+    assert not np.allclose(ravel_pytree(run.trained["online"])[0], ravel_pytree(run.untrained["online"])[0])
+    with pytest.raises(ValueError, match="TD3Config does not fit CartPole"):
+        rgia_victims.victim_for(cartpole, td3.TD3Config())
+
+
+def test_noisy_dqn_train_vmaps_over_variances(cartpole):
+    config = dqn.DQNConfig(total_timesteps=256, num_envs=8, learning_starts=64, batch_size=16, train_frequency=8,
+                           target_network_frequency=64, hidden=(8,))
+    train = rgia_victims.make_noisy_dqn_train(config, cartpole)
+    params, returns = jax.jit(jax.vmap(train, in_axes=(None, 0)))(jax.random.PRNGKey(0), jnp.array([0.0, 1.0]))
+    assert returns.shape == (2, 32)
+    flat = jax.vmap(lambda p: ravel_pytree(p)[0])(params)
+    assert float(jnp.max(jnp.abs(flat[0] - flat[1]))) > 1e-3  # Adam steps stay ~lr; the noise turns them
+
+
+# ---------------------------------------------------------------- bad input, before tracing
+
+
+def test_bad_input_raises_value_error_naming_it(cartpole_target, cartpole_prior, cartpole_data):
+    victim, params, truth, g_bar = cartpole_target
+    attack = rgia.make_rgia(victim, rgia.RGIAConfig(num_steps=5, num_restarts=1))
+    key = jax.random.PRNGKey(0)
+    with pytest.raises(ValueError, match="g_bar does not match the victim network"):
+        attack(key, params, g_bar[0][:-1], cartpole_prior)
+    tree = victim.gradient(params, one_batch(cartpole_data, 0, 1))
+    bad_tree = {"params": {**tree["params"], "extra": jnp.zeros(3)}}
+    with pytest.raises(ValueError, match="g_bar does not match the victim network"):
+        attack(key, params, bad_tree, cartpole_prior)
+    with pytest.raises(ValueError, match="g_bar does not match the victim network at"):
+        attack(key, params, jax.tree.map(lambda x: x[..., :1], tree), cartpole_prior)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        rgia.make_rgia(victim, rgia.RGIAConfig(batch_size=0))
+    with pytest.raises(ValueError, match="fewer than the batch size 8"):
+        rgia.make_rgia(victim, rgia.RGIAConfig(batch_size=8))(key, params, g_bar[0], cartpole_prior.replace(num_samples=4))
+    with pytest.raises(ValueError, match="reward range low > high"):
+        attack(key, params, g_bar[0], cartpole_prior.replace(reward_low=jnp.float32(2.0), reward_high=jnp.float32(1.0)))
+    with pytest.raises(ValueError, match="reward_range low > high"):
+        rgia_priors.fit_prior(key, one_batch(cartpole_data, 0, 10), discrete=True, num_actions=2, reward_range=(1, 0))
+    with pytest.raises(ValueError, match="unknown regularizer name.*'state_prior'"):
+        rgia.make_rgia(victim, rgia.RGIAConfig(regularizers={"state_prior": 1.0}))
+    with pytest.raises(ValueError, match="unknown regularizer name.*'entropy'"):
+        attack(key, params, g_bar[0], cartpole_prior, {"state_mixture": 0.1, "reward": 1.0, "entropy": 1.0})
+    with pytest.raises(ValueError, match="unknown RGIA environment"):
+        rgia_envs.make_env("MountainCar-v0")
+    with pytest.raises(ValueError, match="victim kind"):
+        rgia.Victim("ppo", 4, 2).validate()
+    for obs_dim, message in ((3, "prior states have shape"), (4, "loss_key")):
+        td3_victim = rgia.Victim("td3", obs_dim, 2, hidden=(8,))
+        p = td3_victim.init(key)
+        with pytest.raises(ValueError, match=message):
+            rgia.make_rgia(td3_victim, rgia.RGIAConfig(num_steps=5, num_restarts=1))(
+                key, p, jnp.zeros(ravel_pytree(p["online"])[0].shape), cartpole_prior)
