@@ -38,7 +38,7 @@ from fedjax_attacks.rl import env as env_lib
 from fedjax_attacks.rl import gae as gae_lib
 from fedjax_attacks.rl import networks, wrappers
 from fedjax_attacks.runner import Trainer
-from fedjax_attacks.validation import check_count, check_rate
+from fedjax_attacks.validation import check_count, check_in_range, check_layers, check_rate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,9 +91,12 @@ class PPOConfig:
             raise ValueError(f"num_envs * num_steps = {self.batch_size} is not divisible by "
                              f"num_minibatches = {self.num_minibatches}")
         for name in ("gamma", "gae_lambda"):
-            value = getattr(self, name)
-            if isinstance(value, (int, float)) and not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must lie in [0, 1], got {value}")
+            check_in_range(self, name, 0.0, 1.0)
+        check_rate(self, "clip_eps")
+        check_rate(self, "max_grad_norm")
+        check_in_range(self, "ent_coef", 0.0)
+        check_in_range(self, "vf_coef", 0.0)
+        check_layers(self)
         networks.activation(self.activation)
 
 
@@ -218,6 +221,43 @@ def make_train(config: PPOConfig, env, env_params, poison: Callable = no_poison,
     return make_trainer(config, env, env_params, poison, rollout_hook, network).run
 
 
+def make_learn(config: PPOConfig) -> Callable[[TrainState, Batch, chex.PRNGKey], tuple[TrainState, dict]]:
+    """PPO's learning phase: ``learn(train_state, batch, key) -> (train_state, losses)``.
+
+    ``batch``: a ``Batch`` of ``[num_steps, num_envs]`` transitions. Computes the GAE advantages ``A_t`` and
+    value targets, then ``update_epochs`` epochs of ``num_minibatches`` shuffled minibatches, each one clipped
+    surrogate step (``loss``); ``losses`` holds every minibatch's loss terms ``[update_epochs, num_minibatches]``.
+    """
+    minibatch_size = config.batch_size // config.num_minibatches
+
+    def update_minibatch(train_state, minibatch):
+        batch, advantages, targets = minibatch
+        (total, aux), grads = jax.value_and_grad(loss, has_aux=True)(
+            train_state.params, train_state.apply_fn, batch, advantages, targets, clip_eps=config.clip_eps,
+            vf_coef=config.vf_coef, ent_coef=config.ent_coef, clip_value_loss=config.clip_value_loss,
+            normalize_advantages=config.normalize_advantages)
+        return train_state.apply_gradients(grads=grads), {"loss": total, **aux}
+
+    def update_epoch(carry, _):
+        train_state, data, key = carry
+        key, k_perm = jax.random.split(key)
+        perm = jax.random.permutation(k_perm, config.batch_size)
+        shuffled = jax.tree.map(
+            lambda x: x.reshape((config.batch_size,) + x.shape[2:])[perm].reshape(
+                (config.num_minibatches, minibatch_size) + x.shape[2:]), data)
+        train_state, metrics = jax.lax.scan(update_minibatch, train_state, shuffled)
+        return (train_state, data, key), metrics
+
+    def learn(train_state, batch, key):
+        advantages, targets = gae_lib.gae(batch.rewards, batch.values, batch.bootstrap_values,
+                                          batch.terminated, batch.truncated, config.gamma, config.gae_lambda)
+        (train_state, _, _), losses = jax.lax.scan(
+            update_epoch, (train_state, (batch, advantages, targets), key), None, config.update_epochs)
+        return train_state, losses
+
+    return learn
+
+
 def make_trainer(config: PPOConfig, env, env_params, poison: Callable = no_poison,
                  rollout_hook: RolloutHook = IDENTITY_HOOK, network: nn.Module | None = None) -> Trainer:
     """Builds PPO in the run protocol: ``Trainer(init, step, num_steps, finish)`` with one step = one update
@@ -246,7 +286,6 @@ def make_trainer(config: PPOConfig, env, env_params, poison: Callable = no_poiso
     venv = make_env(config, env)
     to_env_action = _action_mapper(spec)
     num_updates = config.num_updates
-    minibatch_size = config.batch_size // config.num_minibatches
 
     def schedule(count):
         frac = 1.0 - (count // (config.num_minibatches * config.update_epochs)) / num_updates
@@ -254,6 +293,7 @@ def make_trainer(config: PPOConfig, env, env_params, poison: Callable = no_poiso
 
     lr = schedule if config.anneal_lr else config.learning_rate
     tx = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(lr, eps=1e-5))
+    learn = make_learn(config)
 
     def rollout_step(carry, _):
         train_state, env_state, obs, hook_state, key = carry
@@ -269,35 +309,13 @@ def make_trainer(config: PPOConfig, env, env_params, poison: Callable = no_poiso
         transition = Batch(obs, action, reward, terminated, truncated, value, log_prob, bootstrap_value)
         return (train_state, env_state, next_obs, hook_state, key), (transition, info)
 
-    def update_minibatch(train_state, minibatch):
-        batch, advantages, targets = minibatch
-        grad_fn = jax.value_and_grad(loss, has_aux=True)
-        (total, aux), grads = grad_fn(
-            train_state.params, train_state.apply_fn, batch, advantages, targets, clip_eps=config.clip_eps,
-            vf_coef=config.vf_coef, ent_coef=config.ent_coef, clip_value_loss=config.clip_value_loss,
-            normalize_advantages=config.normalize_advantages)
-        return train_state.apply_gradients(grads=grads), {"loss": total, **aux}
-
-    def update_epoch(carry, _):
-        train_state, data, key = carry
-        key, k_perm = jax.random.split(key)
-        perm = jax.random.permutation(k_perm, config.batch_size)
-        shuffled = jax.tree.map(
-            lambda x: x.reshape((config.batch_size,) + x.shape[2:])[perm].reshape(
-                (config.num_minibatches, minibatch_size) + x.shape[2:]), data)
-        train_state, metrics = jax.lax.scan(update_minibatch, train_state, shuffled)
-        return (train_state, data, key), metrics
-
     def update_step(carry):
         train_state, env_state, obs, hook_state, key = carry
         (train_state, env_state, obs, hook_state, key), (batch, info) = jax.lax.scan(
             rollout_step, (train_state, env_state, obs, hook_state, key), None, config.num_steps)
         key, k_poison, k_epochs = jax.random.split(key, 3)
         batch, poison_metrics = _check_poisoned(batch, poison(batch, train_state, k_poison))
-        advantages, targets = gae_lib.gae(batch.rewards, batch.values, batch.bootstrap_values,
-                                          batch.terminated, batch.truncated, config.gamma, config.gae_lambda)
-        (train_state, _, _), losses = jax.lax.scan(
-            update_epoch, (train_state, (batch, advantages, targets), k_epochs), None, config.update_epochs)
+        train_state, losses = learn(train_state, batch, k_epochs)
         episode_return, episodes = wrappers.episode_stats(info)
         metrics = {"episode_return": episode_return, "episodes": episodes,
                    **jax.tree.map(jnp.mean, losses), **poison_metrics}

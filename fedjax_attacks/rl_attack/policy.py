@@ -22,7 +22,6 @@ from flax import struct
 from flax.training.train_state import TrainState
 
 from fedjax_attacks.rl import env as env_lib
-from fedjax_attacks.rl import gae as gae_lib
 from fedjax_attacks.rl import networks, ppo, replay, td3, wrappers
 from fedjax_attacks.rl_attack.config import RLAttackConfig
 
@@ -143,7 +142,62 @@ def _td3(config, spec, venv) -> PolicyLearner:
 def _ppo(config, spec, venv) -> PolicyLearner:
     network = ppo.make_network(config, spec)
     tx = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(config.learning_rate, eps=1e-5))
-    minibatch = config.batch_size // config.num_minibatches
+    learn = ppo.make_learn(config)
+
+    def to_env(unit_action):
+        return networks.scale_action(unit_action, spec.action_low, spec.action_high)
+
+    def act(agent, obs):
+        dist, _ = network.apply(agent.params, obs)
+        return to_env(dist.mode())
+
+    def init(key, env_params):
+        k_init, k_env, key = jax.random.split(key, 3)
+        obs, env_state = venv.reset(k_env, env_params)
+        agent = TrainState.create(apply_fn=network.apply, params=network.init(k_init, obs), tx=tx)
+        return Learner(agent, (), env_state, obs, key, jnp.zeros((), jnp.int32))
+
+    def rollout_step(carry, _, env_params):
+        agent, env_state, obs, key = carry
+        key, k_act, k_env = jax.random.split(key, 3)
+        dist, value = agent.apply_fn(agent.params, obs)
+        action = dist.sample(k_act)
+        next_obs, env_state, reward, terminated, truncated, info = venv.step(k_env, env_state, to_env(action),
+                                                                             env_params)
+        _, bootstrap = agent.apply_fn(agent.params, info["final_observation"])
+        batch = ppo.Batch(obs, action, reward.astype(jnp.float32), terminated, truncated, value,
+                          dist.log_prob(action), bootstrap)
+        return (agent, env_state, next_obs, key), (batch, info)
+
+    def step(learner: Learner, env_params):
+        key, k_rand, k_noise, k_env, k_upd = jax.random.split(learner.key, 5)
+        explore = actor_net.apply(learner.agent.actor.params, learner.obs)
+        explore = jnp.clip(explore + config.exploration_noise * jax.random.normal(k_noise, explore.shape), -1, 1)
+        random = jax.random.uniform(k_rand, explore.shape, minval=-1.0, maxval=1.0)
+        warm = learner.steps * venv.num_envs < config.learning_starts
+        unit_action = jnp.where(warm, random, explore)
+        env_action = networks.scale_action(unit_action, spec.action_low, spec.action_high)
+        obs, env_state, reward, terminated, _, info = venv.step(k_env, learner.env_state, env_action, env_params)
+        buffer = replay.add(learner.buffer, replay.Transition(learner.obs, unit_action, reward.astype(jnp.float32),
+                                                              info["final_observation"], terminated))
+
+        def learn(agent):
+            agent, losses = jax.lax.scan(lambda a, k: update(a, buffer, k), agent,
+                                         jax.random.split(k_upd, config.gradient_steps))
+            return agent, jnp.mean(losses)
+
+        ready = (learner.steps + 1) * venv.num_envs >= config.learning_starts
+        agent, c_loss = jax.lax.cond(ready, learn, lambda a: (a, jnp.zeros(())), learner.agent)
+        metrics = {"reward": jnp.mean(reward), "critic_loss": c_loss, **episode_metrics(info)}
+        return Learner(agent, buffer, env_state, obs, key, learner.steps + 1), metrics
+
+    return init, step, act, 1
+
+
+def _ppo(config, spec, venv) -> PolicyLearner:
+    network = ppo.make_network(config, spec)
+    tx = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(config.learning_rate, eps=1e-5))
+    learn = ppo.make_learn(config)
 
     def to_env(unit_action):
         return networks.scale_action(unit_action, spec.action_low, spec.action_high)
@@ -192,10 +246,7 @@ def _ppo(config, spec, venv) -> PolicyLearner:
         (agent, env_state, obs, key), (batch, info) = jax.lax.scan(
             lambda c, x: rollout_step(c, x, env_params), carry, None, config.num_steps)
         key, k_epochs = jax.random.split(key)
-        advantages, targets = gae_lib.gae(batch.rewards, batch.values, batch.bootstrap_values, batch.terminated,
-                                          batch.truncated, config.gamma, config.gae_lambda)
-        (agent, _, _), losses = jax.lax.scan(update_epoch, (agent, (batch, advantages, targets), k_epochs), None,
-                                             config.update_epochs)
+        agent, losses = learn(agent, batch, k_epochs)
         metrics = {"reward": jnp.mean(batch.rewards), **episode_metrics(jax.tree.map(lambda x: x.reshape(-1), info)),
                    "loss": jnp.mean(losses["loss"])}
         return Learner(agent, (), env_state, obs, key, learner.steps + config.num_steps), metrics
