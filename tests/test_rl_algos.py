@@ -95,6 +95,7 @@ def test_rl_speed_benchmark_quick(tmp_path):
     rl_speed.main(["--quick", "--sections", "dqn", "--out", str(tmp_path)])
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["dqn"]["steps_per_s"] > 0 and np.isfinite(results["dqn"]["eval_return"])
+    assert len(results["dqn"]["eval_returns"]) == results["dqn"]["num_seeds"] == 2
     assert results["environment"]["devices"] and (tmp_path / "rl_speed.png").exists()
 
 
