@@ -12,6 +12,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+from flax import serialization
 from tqdm.auto import tqdm
 
 
@@ -150,3 +151,26 @@ class Trainer(NamedTuple):
         carry, metrics = run_chunked(self.init, self.step, self.num_steps, key, chunk=chunk, desc=desc,
                                      unit=self.unit, unit_scale=self.unit_scale, **runner_options)
         return self.finish(carry, metrics)
+
+
+def export_params(path: str, params: Any) -> None:
+    """Writes a parameter pytree to ``path`` as flax msgpack bytes: FL's final ``theta`` (``f32[d]``, or a batch
+    ``f32[S, d]`` of seeds) or an RL policy's parameters (e.g. ``TrainOutput.train_state.params``)."""
+    with open(path, "wb") as f:
+        f.write(serialization.to_bytes(jax.device_get(params)))
+
+
+def import_params(path: str, like: Any) -> Any:
+    """Reads parameters written by ``export_params``; ``like`` is a pytree of the same structure and shapes
+    (e.g. ``model.init(key)`` for FL); a mismatch raises ``ValueError``."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        params = serialization.from_bytes(like, raw)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"import_params: {path!r} does not hold a pytree shaped like `like` ({e})") from None
+    got = jax.tree_util.tree_map(jnp.shape, params)
+    want = jax.tree_util.tree_map(jnp.shape, like)
+    if jax.tree_util.tree_structure(params) != jax.tree_util.tree_structure(like) or got != want:
+        raise ValueError(f"import_params: {path!r} holds shapes {got}, `like` has {want}")
+    return params

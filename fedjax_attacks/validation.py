@@ -24,3 +24,24 @@ def check_rate(config, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not (
             np.isfinite(value) and value > 0):
         raise ValueError(f"{type(config).__name__}.{name} must be a finite number > 0, got {value!r}")
+
+
+def check_in_range(config, name: str, low: float, high: float = float("inf"), *, low_open: bool = False) -> None:
+    """``config.<name>`` must be a finite number in ``[low, high]`` (``(low, high]`` with ``low_open``): discount
+    factors, coefficients, noise scales, probabilities; tracers pass."""
+    value = getattr(config, name)
+    if isinstance(value, jax.core.Tracer):
+        return
+    number = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+    if not number or not np.isfinite(value) or not (value > low if low_open else value >= low) or value > high:
+        interval = f"{'(' if low_open else '['}{low}, {high}{']' if np.isfinite(high) else ')'}"
+        raise ValueError(f"{type(config).__name__}.{name} must be a finite number in {interval}, got {value!r}")
+
+
+def check_layers(config, name: str = "hidden") -> None:
+    """``config.<name>`` must be a non-empty tuple or list of integer layer widths ``>= 1``."""
+    value = getattr(config, name)
+    if not isinstance(value, (tuple, list)) or not value or any(
+            isinstance(h, bool) or not isinstance(h, (int, np.integer)) or h < 1 for h in value):
+        raise ValueError(f"{type(config).__name__}.{name} must be a non-empty sequence of integers >= 1, "
+                         f"got {value!r}")

@@ -22,6 +22,8 @@ def test_benchmark_writes_results_and_plots(tmp_path):
     assert 0.0 <= row["label_accuracy"] <= 1.0 and row["psnr"] > 0 and "denoised_psnr" in row
     assert [r["variance"] for r in res["figures"]["noise_sweep"]] == [0.0, 1e-2]
     (speed,) = res["figures"]["speed"]
-    assert speed["model"] == "mlp" and speed["restarts"] == 2 and speed["speedup"] == speed["sequential_s"] / speed["vmapped_s"]
+    assert speed["model"] == "mlp" and speed["restarts"] == 2 and speed["steps"] == 5
+    # both timings were measured (the speed-up is their ratio by construction, so it is not asserted)
+    assert 0 < speed["vmapped_s"] < 600 and 0 < speed["sequential_s"] < 600
     assert os.path.exists(os.path.join(out, "inversion_grid.png"))
     assert os.path.exists(os.path.join(out, "inversion_metrics.png"))

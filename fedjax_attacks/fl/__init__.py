@@ -16,6 +16,7 @@ from fedjax_attacks.fl.simulation import (
     make_simulation,
     run_with_progress,
 )
+from fedjax_attacks.runner import export_params, import_params
 
 __all__ = ["FLConfig", "FLParams", "FLState", "History", "RoundInput", "Simulation", "make_attack_sweep", "make_run",
-           "make_simulation", "run_with_progress"]
+           "make_simulation", "run_with_progress", "export_params", "import_params"]

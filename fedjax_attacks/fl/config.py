@@ -3,11 +3,17 @@
 import dataclasses
 from typing import Any, Mapping
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedjax_attacks import aggregators
 from fedjax_attacks.validation import check_count, check_rate
 
 MODES = ("fedsgd", "fedavg")
 KNOWLEDGE = ("full", "partial")
 ON_NONFINITE = ("skip", "raise", "apply")
+PARTITIONS = ("iid", "q_noniid", "dirichlet")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,3 +94,33 @@ class FLConfig:
         check_rate(self, "server_lr")
         if self.on_nonfinite not in ON_NONFINITE:
             raise ValueError(f"FLConfig.on_nonfinite must be one of {ON_NONFINITE}, got {self.on_nonfinite!r}")
+        if self.partition not in PARTITIONS:
+            raise ValueError(f"FLConfig.partition: unknown partition {self.partition!r}; known: {PARTITIONS}")
+        if not _is_number(self.q) or not 0.0 <= self.q <= 1.0:
+            raise ValueError(f"FLConfig.q must be a number in [0, 1], got {self.q!r}")
+        if not _is_number(self.alpha) or not self.alpha > 0:
+            raise ValueError(f"FLConfig.alpha must be a finite number > 0, got {self.alpha!r}")
+        _check_rule_accepts_rows(self)
+
+
+def _is_number(value) -> bool:
+    return (not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+            and bool(np.isfinite(value)))
+
+
+def _check_rule_accepts_rows(config: FLConfig) -> None:
+    """The server's rule must take ``w`` rows (Krum needs ``n > 2f + 2``, the trimmed mean ``n > 2b``, ...):
+    traced on abstract shapes only (``jax.eval_shape``, nothing runs), so the error comes before the run is
+    traced. Unknown names and bad hyperparameters raise here too; a pre-aggregator is left to ``check_final``."""
+    if not isinstance(config.aggregator, str):
+        raise ValueError(f"FLConfig.aggregator must be a registry name, got {config.aggregator!r}")
+    rule = aggregators.get(config.aggregator, **dict(config.aggregator_hparams))
+    if rule.pre:
+        return
+    context = {"key": jax.random.PRNGKey(0), "server_update": jnp.zeros(2, jnp.float32)}
+    rows = jax.ShapeDtypeStruct((config.clients_per_round, 2), jnp.float32)
+    try:
+        jax.eval_shape(lambda u: rule.update(u, rule.init(2), **context)[0], rows)
+    except ValueError as e:
+        raise ValueError(f"FLConfig.aggregator={config.aggregator!r} cannot aggregate clients_per_round "
+                         f"w={config.clients_per_round} rows: {e}") from None

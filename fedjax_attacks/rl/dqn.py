@@ -21,6 +21,7 @@ from fedjax_attacks.rl import env as env_lib
 from fedjax_attacks.rl import networks, replay, wrappers
 from fedjax_attacks.rl.replay import Transition
 from fedjax_attacks.runner import Trainer
+from fedjax_attacks.validation import check_in_range
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,8 +55,9 @@ class DQNConfig:
     def validate(self) -> None:
         """Raises ``ValueError`` on inconsistent settings."""
         replay.validate_off_policy(self, ("num_envs", "batch_size", "train_frequency", "target_network_frequency", "buffer_size"))
-        if isinstance(self.exploration_fraction, (int, float)) and not 0.0 < self.exploration_fraction <= 1.0:
-            raise ValueError(f"exploration_fraction must lie in (0, 1], got {self.exploration_fraction}")
+        check_in_range(self, "exploration_fraction", 0.0, 1.0, low_open=True)
+        for name in ("start_e", "end_e"):
+            check_in_range(self, name, 0.0, 1.0)
 
 
 @struct.dataclass

@@ -1,11 +1,15 @@
-"""Policy evaluation over N episodes, and export/import of policy parameters."""
+"""Policy evaluation over N episodes; ``export_params``/``import_params`` (shared with FL) live in
+``fedjax_attacks.runner`` and are re-exported here."""
 
-from typing import Any, Callable
+from typing import Callable
 
 import chex
 import jax
 import jax.numpy as jnp
-from flax import serialization
+
+from fedjax_attacks.runner import export_params, import_params
+
+__all__ = ["evaluate", "export_params", "import_params"]
 
 
 def evaluate(key: chex.PRNGKey, policy: Callable[[chex.PRNGKey, chex.Array], chex.Array], env, env_params,
@@ -37,14 +41,3 @@ def evaluate(key: chex.PRNGKey, policy: Callable[[chex.PRNGKey, chex.Array], che
 
     return jax.vmap(one_episode)(jax.random.split(key, num_episodes))
 
-
-def export_params(path: str, params: Any) -> None:
-    """Writes a parameter pytree (e.g. ``TrainOutput.train_state.params``) to ``path`` as flax msgpack bytes."""
-    with open(path, "wb") as f:
-        f.write(serialization.to_bytes(jax.device_get(params)))
-
-
-def import_params(path: str, like: Any) -> Any:
-    """Reads parameters written by ``export_params``; ``like`` is a pytree of the same structure."""
-    with open(path, "rb") as f:
-        return serialization.from_bytes(like, f.read())

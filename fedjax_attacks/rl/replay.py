@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from fedjax_attacks.validation import check_count, check_rate
+from fedjax_attacks.validation import check_count, check_in_range, check_layers, check_rate
 
 
 class Transition(NamedTuple):
@@ -24,12 +24,16 @@ class Transition(NamedTuple):
 def validate_off_policy(config, positive: tuple) -> None:
     """Checks shared by off-policy configs (DQN, TD3): integer counts (the ``positive`` fields >= 1), a learning
     rate > 0, at least one vectorized step, a buffer holding one step of every env and a batch, and learning that
-    starts before the run ends; ``ValueError`` naming the field otherwise."""
+    starts before the run ends, a discount ``gamma`` in [0, 1], a soft-update rate ``tau`` in (0, 1] and integer
+    ``hidden`` widths; ``ValueError`` naming the field otherwise."""
     name = type(config).__name__
     for field in ("total_timesteps",) + tuple(positive):
         check_count(config, field)
     check_count(config, "learning_starts", 0)
     check_rate(config, "learning_rate")
+    check_in_range(config, "gamma", 0.0, 1.0)
+    check_in_range(config, "tau", 0.0, 1.0, low_open=True)
+    check_layers(config)
     if config.total_timesteps // config.num_envs < 1:
         raise ValueError(f"{name}: total_timesteps={config.total_timesteps} < num_envs={config.num_envs}")
     if config.buffer_size < config.num_envs:

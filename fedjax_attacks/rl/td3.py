@@ -22,6 +22,7 @@ from fedjax_attacks.rl import env as env_lib
 from fedjax_attacks.rl import networks, replay, wrappers
 from fedjax_attacks.rl.replay import Transition
 from fedjax_attacks.runner import Trainer
+from fedjax_attacks.validation import check_in_range
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,8 +56,8 @@ class TD3Config:
     def validate(self) -> None:
         """Raises ``ValueError`` on inconsistent settings."""
         replay.validate_off_policy(self, ("num_envs", "batch_size", "policy_frequency", "gradient_steps", "buffer_size"))
-        if isinstance(self.tau, (int, float)) and not 0.0 < self.tau <= 1.0:
-            raise ValueError(f"tau must lie in (0, 1], got {self.tau}")
+        for name in ("policy_noise", "exploration_noise", "noise_clip"):
+            check_in_range(self, name, 0.0)
 
 
 @struct.dataclass
