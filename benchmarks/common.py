@@ -1,62 +1,24 @@
 """Shared helpers for the benchmark scripts: environment record, results JSON, argument parsing, timing."""
 
 import argparse
-import dataclasses
 import json
 import os
-import platform
 import time
-from importlib import metadata
 from typing import Any, Callable
 
-import jax
 import numpy as np
 
-PACKAGES = ("jax", "jaxlib", "flax", "optax", "chex", "gymnax", "brax", "numpy", "scikit-learn", "torch")
-
-
-def environment() -> dict:
-    """Versions of the packages that matter, the JAX device(s), the CPU count and the host platform."""
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    devices = jax.devices()
-    return {
-        "versions": versions,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "jax_backend": jax.default_backend(),
-        "devices": [f"{d.platform}:{d.device_kind}" for d in devices],
-    }
-
-
-def _to_json(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return _to_json(dataclasses.asdict(obj))
-    if isinstance(obj, dict):
-        return {str(k): _to_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_to_json(v) for v in obj]
-    if isinstance(obj, (np.ndarray, jax.Array)):
-        return np.asarray(obj).tolist()
-    if isinstance(obj, (np.floating, np.integer, np.bool_)):
-        return obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return str(obj)
-    return obj
+from fedjax_attacks.results import environment, to_json
 
 
 def write_results(out_dir: str, results: dict) -> str:
-    """Writes ``results`` plus ``environment()`` to ``out_dir/results.json``; returns the path."""
+    """Writes ``results`` plus ``environment()`` (``fedjax_attacks.results``) to ``out_dir/results.json``;
+    returns the path."""
     os.makedirs(out_dir, exist_ok=True)
     payload = {"environment": environment(), **results}
     path = os.path.join(out_dir, "results.json")
     with open(path, "w") as f:
-        json.dump(_to_json(payload), f, indent=2)
+        json.dump(to_json(payload), f, indent=2)
     return path
 
 

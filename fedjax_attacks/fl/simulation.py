@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from fedjax_attacks import aggregators, attacks
+from fedjax_attacks import aggregators, attacks, sharding
 from fedjax_attacks.attacks.base import AttackInput
 from fedjax_attacks.data import Dataset, Partition, partition
 from fedjax_attacks.fl.config import FLConfig
@@ -115,6 +115,7 @@ class Simulation:
 
     ``run(key, params=None)`` is ``init`` then ``lax.scan`` of ``step`` over ``num_blocks`` blocks. An external
     attacker (the RL attack's simulator, a user's own attack) drives ``client_updates`` and ``server_step``.
+    With a ``mesh``, the w sampled clients' batches and updates are split over its ``"clients"`` axis.
     """
 
     config: FLConfig
@@ -129,6 +130,7 @@ class Simulation:
     round_step: Callable
     block: Callable
     num_blocks: int
+    mesh: Optional[jax.sharding.Mesh] = None
 
     def default_params(self) -> FLParams:
         """``FLParams`` from the config: its learning rates, its switch index (0 unless ``attack="switch"`` names
@@ -146,15 +148,24 @@ class Simulation:
         return state.params, history
 
 
-def make_simulation(config: FLConfig, dataset: Dataset, model: FlatModel) -> Simulation:
+def make_simulation(config: FLConfig, dataset: Dataset, model: FlatModel,
+                    mesh: Optional[jax.sharding.Mesh] = None) -> Simulation:
     """Validates ``config`` against the data and model, partitions the data, and builds the pure round functions.
+
+    With ``mesh`` (a ``jax.sharding.Mesh`` with a ``"clients"`` axis, e.g. ``sharding.make_mesh(clients=4)``), the
+    sampled clients' batches and honest updates ``f32[w, d]`` are split over that axis (each device computes
+    w / size updates); the attack and the aggregator see the whole ``f32[w, d]``, and XLA reduces across the shards
+    where a rule allows (a mean) or gathers the rows (sorting, distances). Without a mesh nothing changes.
 
     Raises:
       ValueError: inconsistent config, unknown aggregator/attack, a pre-aggregator as the final rule, a
-        full-knowledge attack under partial knowledge, a batch larger than some client's data, or a model whose
-        input shape does not match the data.
+        full-knowledge attack under partial knowledge, a batch larger than some client's data, a model whose
+        input shape does not match the data, or a mesh without a ``"clients"`` axis dividing w.
     """
     config.validate()
+    if mesh is not None:
+        sharding.check_divides(mesh, sharding.CLIENTS, config.clients_per_round, "FLConfig.clients_per_round w")
+        mesh = sharding.auto_axes(mesh)
     dataset.validate()
     if tuple(model.input_shape) != tuple(dataset.input_shape):
         raise ValueError(f"model input shape {model.input_shape} does not match dataset {dataset.input_shape}")
@@ -193,6 +204,14 @@ def make_simulation(config: FLConfig, dataset: Dataset, model: FlatModel) -> Sim
             return attack
         return attacks.get(config.attack, **{**dict(config.attack_hparams), **params.attack_hparams})
 
+    # every device computes the updates of its w / size sampled clients
+    clients_update = sharding.map_shards(jax.vmap(client_update, (None, 0, 0, 0, None)), mesh, sharding.CLIENTS,
+                                         (False, True, True, True, False))
+
+    def on_clients(tree):
+        """The leading (client) axis on the mesh's ``"clients"`` axis; identity without a mesh."""
+        return sharding.constrain(tree, mesh, sharding.CLIENTS)
+
     def round_keys(key):
         """``(next, sample, batch, poison, client, attack, aggregator)`` keys of the round started by ``key``."""
         return jax.random.split(key, 7)
@@ -209,17 +228,17 @@ def make_simulation(config: FLConfig, dataset: Dataset, model: FlatModel) -> Sim
         _, k_sample, k_batch, k_poison, k_client, k_attack, k_agg = round_keys(state.key)
         sampled = sample_clients(k_sample, config.num_clients, w)
         malicious = sampled < config.num_malicious
-        batch_keys = jax.random.split(k_batch, (w, config.local_steps))
+        batch_keys = on_clients(jax.random.split(k_batch, (w, config.local_steps)))
         idx = jax.vmap(jax.vmap(sample_batch, (0, None, None, None)), (0, 0, 0, None))(
             batch_keys, data.client_indices[sampled], data.client_sizes[sampled], config.batch_size)
-        x, y = data.x_train[idx], data.y_train[idx]  # [w, steps, B, ...]
+        x, y = on_clients((data.x_train[idx], data.y_train[idx]))  # [w, steps, B, ...]
         current_attack = attack_for(params)
         if attacked and current_attack.poisons_data:
             px, py = jax.vmap(current_attack.poison_data)(jax.random.split(k_poison, w), x, y)
             x = jnp.where(_expand(malicious, x), px, x)
             y = jnp.where(_expand(malicious, y), py, y)
-        client_keys = jax.random.split(k_client, w)
-        honest = jax.vmap(client_update, (None, 0, 0, 0, None))(state.params, x, y, client_keys, params.lr)
+        client_keys = on_clients(jax.random.split(k_client, w))
+        honest = clients_update(state.params, x, y, client_keys, params.lr)
         g0 = server_update_at(state.params, k_client, params.lr) if needs_g0 else None
         return RoundInput(honest, malicious, sampled, state.params, g0, k_attack, k_agg)
 
@@ -269,33 +288,43 @@ def make_simulation(config: FLConfig, dataset: Dataset, model: FlatModel) -> Sim
         return state, record
 
     return Simulation(config, model, data, part, aggregator, attack, init, client_updates, server_step, round_step,
-                      block, config.rounds // config.eval_every)
+                      block, config.rounds // config.eval_every, mesh)
 
 
-def make_run(config: FLConfig, dataset: Dataset, model: FlatModel) -> Callable:
+def make_run(config: FLConfig, dataset: Dataset, model: FlatModel,
+             mesh: Optional[jax.sharding.Mesh] = None) -> Callable:
     """``run(key, params=None) -> (final_params f32[d], History)``: the whole FL experiment as one pure, jittable
     function.
 
-    ``jax.jit(jax.vmap(run))(keys)`` runs many seeds at once. Validation happens here, before tracing.
+    ``jax.jit(jax.vmap(run))(keys)`` runs many seeds at once. With ``mesh``, each round's sampled clients are split
+    over its ``"clients"`` axis (see ``make_simulation``); ``sharding.vmap_seeds(run, mesh)`` also splits seeds
+    over ``"seeds"``. Validation happens here, before tracing.
     """
-    return make_simulation(config, dataset, model).run
+    return make_simulation(config, dataset, model, mesh).run
 
 
-def make_attack_sweep(config: FLConfig, dataset: Dataset, model: FlatModel, members) -> Callable:
+def make_attack_sweep(config: FLConfig, dataset: Dataset, model: FlatModel, members,
+                      mesh: Optional[jax.sharding.Mesh] = None) -> Callable:
     """``sweep(keys, attack_index) -> History``, jitted: one compilation serves every attack in ``members``.
 
     ``members`` is a sequence of ``(attack_name, hparams)``; the run uses ``attacks.switch`` on
     ``FLParams.attack_index``. ``config.attack`` is ignored; seeds (``keys`` of shape [S]) are vmapped. A scalar
     ``attack_index`` runs one member (only its branch executes: the cheap way to loop over attacks); an int32[A]
     vector vmaps the run over ``FLParams`` and returns Histories with a leading axis A (every branch then executes
-    for every member, as ``lax.switch`` does under ``vmap``). Validation happens here, before tracing.
+    for every member, as ``lax.switch`` does under ``vmap``). With ``mesh``, the S seeds are split over its
+    ``"seeds"`` axis (which must divide S) and, where the mesh also has a ``"clients"`` axis, each round's clients
+    over that one. Validation happens here, before tracing.
     """
     members = tuple((name, dict(hparams)) for name, hparams in members)
     config = dataclasses.replace(config, attack="switch", attack_hparams={"members": members, "index": 0})
-    sim = make_simulation(config, dataset, model)
+    if mesh is not None:
+        sharding.axis_size(mesh, sharding.SEEDS, "make_attack_sweep")
+    clients_mesh = mesh if mesh is not None and sharding.CLIENTS in mesh.axis_names else None
+    sim = make_simulation(config, dataset, model, clients_mesh)
+    run_seeds = sharding.vmap_seeds(sim.run, mesh)
 
     def over_seeds(keys, params):
-        return jax.vmap(sim.run, (0, None))(keys, params)[1]
+        return run_seeds(keys, params)[1]
 
     def sweep(keys, attack_index):
         index = jnp.asarray(attack_index, jnp.int32)
