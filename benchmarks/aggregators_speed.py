@@ -1,7 +1,10 @@
 """Speed of the robust aggregators: jitted JAX against NumPy and ByzFL-style PyTorch implementations of the same
 rule, measured in the same run (issue 3). n clients in {10, 100}, d coordinates, f = n // 5 Byzantine.
+PyTorch runs on ``--torch-device`` (default: CUDA when a GPU is present, else the CPU), so on a GPU machine both
+sides run on the GPU; results.json records both devices.
 
     python -m benchmarks.aggregators_speed [--quick] [--dims 10000 100000 1000000] [--clients 10 100]
+                                           [--torch-device cpu|cuda]
 """
 
 import os
@@ -25,6 +28,43 @@ except ImportError:  # the bench extra is optional
     torch = None
 
 GM_ITERS, GM_NU, CC_TAU = 3, 0.1, 100.0
+
+
+def torch_device(name=None):
+    """The PyTorch device of the baseline: ``name`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``), or by default
+    ``"cuda"`` when PyTorch sees a GPU and ``"cpu"`` otherwise; ``None`` when PyTorch is not installed.
+
+    Raises:
+      ValueError: an unknown device name, or a CUDA device asked for where PyTorch has no CUDA.
+    """
+    if torch is None:
+        return None
+    if name is None:
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"--torch-device {name!r}: {err}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--torch-device {name!r}: this PyTorch build sees no CUDA GPU (torch "
+                         f"{torch.__version__}); use --torch-device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--torch-device {name!r}: only cpu and cuda are supported")
+    return device
+
+
+def torch_synchronize(device):
+    """Waits for ``device``'s queued kernels (CUDA runs asynchronously; timings must include the work)."""
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def devices_record(device) -> dict:
+    """Both sides' devices for results.json: JAX's devices and the PyTorch baseline's (with the GPU's name)."""
+    record = {"jax": [f"{d.platform}:{d.device_kind}" for d in jax.devices()], "torch": None}
+    if device is not None:
+        record["torch"] = str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+    return record
 TORCH_MAX_GATHER_BYTES = 4e9  # ByzFL's NNM gathers an (n, n - f, d) tensor
 
 
@@ -173,8 +213,9 @@ def torch_rules(n, f):
 
 
 # ------------------------------------------------------------------------------------------ driver
-def run(clients, dims, repeats):
-    """Times every rule for every (n, d); returns the results dict (milliseconds, ratios, max abs differences)."""
+def run(clients, dims, repeats, device=None):
+    """Times every rule for every (n, d); returns the results dict (milliseconds, ratios, max abs differences).
+    PyTorch runs on ``device`` (``torch_device``; None: no PyTorch)."""
     rows = []
     combos = [(n, d) for n in clients for d in dims]
     bar = tqdm(total=len(combos) * len(jax_rules(10, 2)), desc="aggregators")
@@ -182,8 +223,8 @@ def run(clients, dims, repeats):
         f = n // 5
         x_np = np.random.default_rng(0).normal(size=(n, d)).astype(np.float32)
         x_jax = jnp.asarray(x_np)
-        x_torch = None if torch is None else torch.from_numpy(x_np)
-        ours, nps, tos = jax_rules(n, f), numpy_rules(n, f), (torch_rules(n, f) if torch else {})
+        x_torch = None if device is None else torch.from_numpy(x_np).to(device)
+        ours, nps, tos = jax_rules(n, f), numpy_rules(n, f), (torch_rules(n, f) if device is not None else {})
         for name, rule in ours.items():
             fn = jax.jit(rule.__call__)
             start = time.perf_counter()
@@ -195,8 +236,12 @@ def run(clients, dims, repeats):
             row["numpy_ms"] = 1e3 * common.median_time(lambda: nps[name](x_np), repeats)
             row["max_abs_diff_vs_numpy"] = float(np.max(np.abs(np.asarray(result) - ref)))
             if name in tos and not (name == "nnm" and n * (n - f) * d * 4 > TORCH_MAX_GATHER_BYTES):
-                with torch.no_grad():
-                    row["torch_ms"] = 1e3 * common.median_time(lambda: tos[name](x_torch), repeats)
+                def call_torch():
+                    with torch.no_grad():
+                        tos[name](x_torch)
+                    torch_synchronize(device)
+
+                row["torch_ms"] = 1e3 * common.median_time(call_torch, repeats)
                 row["speedup_vs_torch"] = row["torch_ms"] / row["jax_ms"]
             row["speedup_vs_numpy"] = row["numpy_ms"] / row["jax_ms"]
             rows.append(row)
@@ -229,11 +274,16 @@ def main(argv=None):
     p.add_argument("--clients", type=int, nargs="+", default=[10, 100])
     p.add_argument("--dims", type=int, nargs="+", default=None, help="default 1e4 1e5 (quick: 1e4)")
     p.add_argument("--repeats", type=int, default=None, help="timed calls per measurement (default 5, quick 3)")
+    p.add_argument("--torch-device", default=None,
+                   help="PyTorch baseline's device: cpu or cuda (default: cuda when a GPU is present, else cpu)")
     args = p.parse_args(argv)
+    device = torch_device(args.torch_device)
+    if device is None:
+        print("PyTorch not installed (pip install torch): only JAX and NumPy are measured")
     dims = args.dims or ([10_000] if args.quick else [10_000, 100_000])
     repeats = args.repeats or (3 if args.quick else 5)
     start = time.perf_counter()
-    rows = run(args.clients, dims, repeats)
+    rows = run(args.clients, dims, repeats, device)
     wall = time.perf_counter() - start
     os.makedirs(args.out, exist_ok=True)
     plot(rows, os.path.join(args.out, "aggregators_speed.png"))
@@ -245,7 +295,8 @@ def main(argv=None):
     path = common.write_results(args.out, {
         "config": {"clients": args.clients, "dims": dims, "repeats": repeats, "quick": args.quick,
                    "f": "n // 5", "geometric_median_iters": GM_ITERS, "smoothing": GM_NU, "cc_tau": CC_TAU,
-                   "torch_available": torch is not None},
+                   "torch_available": torch is not None, "torch_device": None if device is None else str(device)},
+        "devices": devices_record(device),
         "figures": rows,
         "wall_time_s": wall,
     })

@@ -8,8 +8,10 @@ algorithm (``dec`` = DecByzPG against Dec-PAGE-PG, ``byz`` = ByzPG against Fed-P
 2. K = 13, f = 3 under RandomAction, LargeNoise and AvgZero: the robust method against plain averaging, with
    PAGE-PG (K = 1) as reference.
 
-Every variant runs all seeds at once (``vmap``) with the same switch sequence, in jitted chunks of iterations.
-The x axis is trajectories per agent, the y axis the honest agents' average return (mean and std over seeds).
+All seeds, each with its own coins, and all variants with the same shapes (the same K) run as one jitted
+vmapped program (``fedjax_attacks.frl.batch``), in chunks of blocks of B trajectories per agent. The x axis is
+trajectories per agent, the y axis the honest agents' average return of the sampled (training) episodes (mean
+and std over seeds); the greedy policy's return (argmax action) is evaluated at every chunk beside it.
 
     python -m benchmarks.decbyzpg                      # the paper's setting: 10 seeds, 5000 trajectories
     python -m benchmarks.decbyzpg --envs CartPole-v1 --algorithms dec   # the main CartPole figure only
@@ -52,9 +54,11 @@ def parse_args(argv=None):
     p.add_argument("--horizon", type=int, default=0, help="override the preset's horizon (0 = keep)")
     p.add_argument("--large-batch", type=int, default=0, help="override N (0 = keep)")
     p.add_argument("--learning-rate", type=float, default=0.0, help="override the Adam step size (0 = keep)")
-    p.add_argument("--chunk", type=int, default=16, help="iterations per jitted call")
-    p.add_argument("--switch-groups", type=int, default=0,
-                   help="coin sequences: seeds are split into this many groups, each with its own (0 = one per seed)")
+    p.add_argument("--chunk", type=int, default=64, help="blocks of B trajectories per agent per jitted call")
+    p.add_argument("--greedy-episodes", type=int, default=2,
+                   help="greedy-policy episodes per honest agent at every chunk (0 = no greedy evaluation)")
+    p.add_argument("--output-activation", default="",
+                   help="override the policy's output activation (the paper's is tanh; identity = unbounded logits)")
     p.add_argument("--paper-dec-baseline", action="store_true",
                    help="Dec-PAGE-PG exactly as Algorithm 2 with averaging (small-batch steps stay local) instead "
                         "of the authors' code (small-batch estimates averaged too)")
@@ -63,9 +67,9 @@ def parse_args(argv=None):
         args.envs, args.algorithms, args.behaviours = "CartPole-v1", "dec", "large_noise"
         args.seeds, args.max_trajectories, args.agents, args.num_byzantine = 2, 40, "1,4", 1
         args.horizon, args.large_batch, args.chunk = 40, 8, 4
-    args.switch_groups = args.switch_groups or args.seeds
-    if args.seeds % args.switch_groups:
-        raise ValueError(f"--seeds {args.seeds} must be a multiple of --switch-groups {args.switch_groups}")
+    for name in ("seeds", "max_trajectories", "chunk"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     return args
 
 
@@ -95,42 +99,42 @@ def variants(args, preset, algorithm):
     return out
 
 
-def switch_schedules(preset, args):
-    """One coin sequence ``c_t`` per group of seeds (``--switch-groups``; default: one per seed).
+def run_group(configs, algorithm, schedules, seeds, chunk, greedy_episodes, grid, bar):
+    """All seeds of the variants ``{label: config}`` (one shape) in one jitted vmapped program.
 
-    Within a run all agents share the coins (Algorithm 1/2); across seeds they must differ, or every seed meets
-    the same long stretch of small-batch steps at the same time and the seeds fail together.
+    Returns ``{label: (returns f32[S, P], greedy f32[S, P] or None, final diameter f32[S])}`` on ``grid`` and
+    the wall seconds. Each seed's curve is interpolated from its own trajectory counts onto ``grid``.
     """
-    return [frl.sample_switches(jax.random.fold_in(jax.random.PRNGKey(1), g), preset, args.max_trajectories,
-                                args.chunk) for g in range(args.switch_groups)]
-
-
-def run_variant(config, algorithm, schedules, seeds, chunk, grid, bar):
-    """All seeds of one variant; returns (returns f32[S, P] on ``grid``, final diameter f32[S], wall seconds).
-
-    Seeds are split into ``len(schedules)`` equal groups, each vmapped under its own coin sequence: the coins
-    drive ``lax.cond``, which stays a branch only when they are shared by the whole vmapped batch (under
-    per-seed coins both branches would run every iteration). The groups reuse one compiled program. Each
-    seed's curve is interpolated from its own trajectory counts onto ``grid`` (trajectories per agent).
-    """
-    make = frl.make_decbyzpg if algorithm == "dec" else frl.make_byzpg
-    alg = make(config)
+    variants = frl.batch.make_variants(configs, algorithm)
     start = time.perf_counter()
-    init = jax.jit(jax.vmap(alg.init, in_axes=(0, None)))
-    iterate = jax.jit(jax.vmap(alg.iterate, in_axes=(0, None)))
     keys = jax.random.split(jax.random.PRNGKey(0), seeds)
-    keys = keys.reshape(len(schedules), seeds // len(schedules), *keys.shape[1:])
-    curves, diameters = [], []
-    for group_keys, switches in zip(keys, schedules):
-        state, returns = init(group_keys, switches), []
-        for i in range(0, len(switches), chunk):
-            state, history = iterate(state, switches[i:i + chunk])
-            returns.append(np.asarray(history["returns"]))
-            bar.update(len(switches[i:i + chunk]))
-        x = np.cumsum(frl.trajectories_per_iteration(switches, config))
-        curves += [np.interp(grid, x, row) for row in np.concatenate(returns, 1)]
-        diameters.append(np.asarray(history["diameter"])[:, -1])
-    return np.stack(curves), np.concatenate(diameters), time.perf_counter() - start
+    init = jax.jit(variants.init)
+    iterate = jax.jit(variants.iterate, donate_argnums=0)
+    greedy = jax.jit(variants.greedy, static_argnums=2)
+    states = init(keys, schedules)
+    returns, greedy_at, greedy_returns = [], [], []
+    length = schedules.large.shape[1]
+    for i in range(0, length, chunk):
+        piece = frl.Blocks(*(a[:, i:i + chunk] for a in schedules))
+        states, histories = iterate(states, piece)
+        returns.append(np.stack([np.asarray(h["returns"]) for h in histories]))  # [V, S, chunk]
+        if greedy_episodes:
+            greedy_at.append(min(i + chunk, length))
+            greedy_returns.append(np.asarray(greedy(jax.random.fold_in(keys[0], i), states, greedy_episodes)))
+        bar.update(piece.large.shape[1] * len(configs))
+    x = np.cumsum(schedules.count, axis=1)  # [S, M] trajectories per agent after each block
+    returns = np.concatenate(returns, axis=2)
+    out = {}
+    for v, label in enumerate(configs):
+        curve = np.stack([np.interp(grid, x[s], returns[v, s]) for s in range(seeds)])
+        greedy_curve = None
+        if greedy_episodes:
+            g = np.stack(greedy_returns)[:, v]  # [points, S]
+            greedy_curve = np.stack([np.interp(grid, x[s, np.asarray(greedy_at) - 1], g[:, s])
+                                     for s in range(seeds)])
+        diameter = np.asarray(histories[v]["diameter"])[:, -1]
+        out[label] = (curve, greedy_curve, diameter)
+    return out, time.perf_counter() - start
 
 
 def plot(path, title, curves, labels, max_trajectories):
@@ -138,9 +142,11 @@ def plot(path, title, curves, labels, max_trajectories):
     for label in labels:
         c = curves[label]
         x, mean, std = np.asarray(c["trajectories"]), np.asarray(c["mean"]), np.asarray(c["std"])
-        ax.plot(x, mean, label=label)
-        ax.fill_between(x, mean - std, mean + std, alpha=0.2)
-    ax.set(xlabel="trajectories per agent", ylabel="average return (honest agents)", title=title,
+        line, = ax.plot(x, mean, label=label)
+        ax.fill_between(x, mean - std, mean + std, alpha=0.2, color=line.get_color())
+        if c.get("greedy_mean") is not None:
+            ax.plot(x, c["greedy_mean"], ls=":", color=line.get_color())
+    ax.set(xlabel="trajectories per agent", ylabel="return of honest agents (dotted: greedy)", title=title,
            xlim=(0, max_trajectories))
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -156,39 +162,53 @@ def overrides(args, preset):
         changes["large_batch"] = args.large_batch
     if args.learning_rate:
         changes["learning_rate"] = args.learning_rate
+    if args.output_activation:
+        changes["output_activation"] = args.output_activation
     return dataclasses.replace(preset, **changes)
 
 
 def main(argv=None):
     args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    results = {"config": vars(args), "figures": {}, "wall_s": {}}
-    total_start = time.perf_counter()
+    results = {"config": vars(args), "figures": {}, "wall_s": {}, "load_average_start": os.getloadavg()}
+    total_start, cpu_start = time.perf_counter(), time.process_time()
     for env_name in args.envs.split(","):
         if env_name not in PRESETS:
             raise ValueError(f"unknown environment {env_name!r}; known: {', '.join(PRESETS)}")
         preset = overrides(args, PRESETS[env_name])
-        schedules = switch_schedules(preset, args)
+        schedules = frl.sample_block_schedules(jax.random.PRNGKey(1), preset, args.max_trajectories, args.seeds,
+                                               args.chunk)
         grid = np.linspace(preset.large_batch, args.max_trajectories, 250)
         for algorithm in args.algorithms.split(","):
             configs = variants(args, preset, algorithm)
             curves, figure_start = {}, time.perf_counter()
             key = f"{env_name}/{algorithm}"
             results["figures"][key] = curves
-            bar = tqdm(total=len(configs) * sum(map(len, schedules)), desc=f"{env_name} {algorithm}", unit="it")
-            for label, config in configs.items():
-                returns, diameter, wall = run_variant(config, algorithm, schedules, args.seeds, args.chunk, grid,
-                                                      bar)
-                final = returns[:, -len(grid) // 10:].mean(1)
-                curves[label] = {"trajectories": grid, "mean": returns.mean(0), "std": returns.std(0),
-                                 "final_mean": final.mean(), "final_std": final.std(),
-                                 "final_per_seed": final, "final_honest_diameter": diameter.mean(),
-                                 "wall_s": wall, "config": dataclasses.asdict(config)}
-                tqdm.write(f"{env_name} {label:32s} final return {final.mean():7.1f} +- {final.std():5.1f}  "
-                           f"({wall:6.1f} s)")
+            groups = frl.batch.group_by_shape(configs)
+            bar = tqdm(total=len(configs) * schedules.large.shape[1], desc=f"{env_name} {algorithm}", unit="block")
+            for group in groups:
+                runs, wall = run_group(group, algorithm, schedules, args.seeds, args.chunk, args.greedy_episodes,
+                                       grid, bar)
+                for label, (returns, greedy, diameter) in runs.items():
+                    final = returns[:, -len(grid) // 10:].mean(1)
+                    curves[label] = {"trajectories": grid, "mean": returns.mean(0), "std": returns.std(0),
+                                     "final_mean": final.mean(), "final_std": final.std(),
+                                     "final_per_seed": final, "final_honest_diameter": diameter.mean(),
+                                     "group_wall_s": wall, "group": list(group), "config": dataclasses.asdict(
+                                         group[label])}
+                    text = f"{env_name} {label:32s} final return {final.mean():7.1f} +- {final.std():5.1f}"
+                    if greedy is not None:
+                        final_greedy = greedy[:, -len(grid) // 10:].mean(1)
+                        curves[label].update(greedy_mean=greedy.mean(0), greedy_std=greedy.std(0),
+                                             final_greedy_mean=final_greedy.mean(),
+                                             final_greedy_std=final_greedy.std())
+                        text += f", greedy {final_greedy.mean():7.1f} +- {final_greedy.std():5.1f}"
+                    tqdm.write(text + f"  (group of {len(group)}: {wall:6.1f} s)")
                 results["wall_s"][key] = time.perf_counter() - figure_start
+                results["cpu_s"] = time.process_time() - cpu_start
                 results["wall_s"]["total"] = time.perf_counter() - total_start
-                path = common.write_results(args.out, results)  # after every variant: partial runs keep data
+                results["load_average"] = os.getloadavg()
+                path = common.write_results(args.out, results)  # after every group: partial runs keep data
             bar.close()
             robust_name, plain_name = NAMES[algorithm]
             big = max(int(k) for k in args.agents.split(","))

@@ -5,7 +5,8 @@ aggregation, test evaluation every ``eval_every`` rounds. The baseline (the seed
 model, loops over the sampled clients in Python, computes each gradient, stacks, averages and updates.
 Measured: (1) one run, digits MLP, 1000 rounds; (2) 16 seeds, ``jax.vmap`` against 16 sequential loop runs;
 (3) the paper's MNIST CNN on 28x28 inputs (MNIST from ``--mnist-dir`` if given, else synthetic data of MNIST's shape).
-Prints rounds/s and ratios; writes ``results.json`` and ``fl_speed.png``. PyTorch is optional (``make bench-deps``).
+Prints rounds/s and ratios; writes ``results.json`` and ``fl_speed.png``. PyTorch is optional (``make bench-deps``);
+it runs on ``--torch-device`` (default: CUDA when a GPU is present, else the CPU), recorded beside JAX's device.
 """
 
 import dataclasses
@@ -14,6 +15,7 @@ import time
 import jax
 import numpy as np
 
+from benchmarks.aggregators_speed import devices_record, torch_device, torch_synchronize
 from benchmarks.common import parser, write_results
 from fedjax_attacks import data, fl, models
 
@@ -49,24 +51,25 @@ def torch_module(name, input_shape, num_classes):
     raise ValueError(f"no PyTorch twin for model {name!r}")
 
 
-def torch_loop_run(config, dataset, model_name, part, seed):
-    """One FL run as the papers' code does it: a Python loop over the sampled clients. Returns final accuracy."""
+def torch_loop_run(config, dataset, model_name, part, seed, device):
+    """One FL run as the papers' code does it: a Python loop over the sampled clients, on ``device`` (the data
+    moved there once). Returns final accuracy."""
     import torch
     from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    net = torch_module(model_name, dataset.input_shape, dataset.num_classes)
-    to_nchw = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))
-    x_train, y_train = to_nchw(dataset.x_train), torch.from_numpy(dataset.y_train.astype(np.int64))
-    x_test, y_test = to_nchw(dataset.x_test), torch.from_numpy(dataset.y_test.astype(np.int64))
+    net = torch_module(model_name, dataset.input_shape, dataset.num_classes).to(device)
+    to_nchw = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2))).to(device)
+    x_train, y_train = to_nchw(dataset.x_train), torch.from_numpy(dataset.y_train.astype(np.int64)).to(device)
+    x_test, y_test = to_nchw(dataset.x_test), torch.from_numpy(dataset.y_test.astype(np.int64)).to(device)
     loss_fn = torch.nn.CrossEntropyLoss()
     accuracy = 0.0
     for t in range(config.rounds):
         grads = []
         for client in rng.choice(config.num_clients, config.clients_per_round, replace=False):
             own = part.client_samples(client)
-            idx = torch.from_numpy(rng.choice(own, config.batch_size, replace=False))
+            idx = torch.from_numpy(rng.choice(own, config.batch_size, replace=False)).to(device)
             net.zero_grad()
             loss_fn(net(x_train[idx]), y_train[idx]).backward()
             grads.append(torch.cat([p.grad.reshape(-1) for p in net.parameters()]))
@@ -76,13 +79,14 @@ def torch_loop_run(config, dataset, model_name, part, seed):
         if (t + 1) % config.eval_every == 0:
             with torch.no_grad():
                 accuracy = (net(x_test).argmax(1) == y_test).float().mean().item()
+    torch_synchronize(device)
     return accuracy
 
 
-def time_torch(config, dataset, model_name, num_runs):
+def time_torch(config, dataset, model_name, num_runs, device):
     part = data.partition(dataset.y_train, config.num_clients, config.partition, seed=config.partition_seed)
     start = time.perf_counter()
-    accs = [torch_loop_run(config, dataset, model_name, part, seed) for seed in range(num_runs)]
+    accs = [torch_loop_run(config, dataset, model_name, part, seed, device) for seed in range(num_runs)]
     return time.perf_counter() - start, np.asarray(accs)
 
 
@@ -100,16 +104,18 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, default=16)
     p.add_argument("--cnn-rounds", type=int, default=10)
     p.add_argument("--mnist-dir", default=None, help="folder with MNIST IDX files (else synthetic 28x28 data)")
+    p.add_argument("--torch-device", default=None,
+                   help="PyTorch baseline's device: cpu or cuda (default: cuda when a GPU is present, else cpu)")
     args = p.parse_args(argv)
     if args.quick:
         args.rounds, args.seeds, args.cnn_rounds = 100, 4, 10
-    try:
+    device = torch_device(args.torch_device)
+    have_torch = device is not None
+    if have_torch:
         import torch
 
         torch.set_num_threads(2)
-        have_torch = True
-    except ImportError:
-        have_torch = False
+    else:
         print("PyTorch not installed (make bench-deps): only the JAX side is measured")
     digits = data.load("digits")
     mlp = models.get("mlp", 10, digits.input_shape)
@@ -122,7 +128,7 @@ def main(argv=None):
         row = {"rounds": cfg.rounds, "seeds": seeds, "jax_compile_s": compile_s, "jax_run_s": jax_s,
                "jax_rounds_per_s": cfg.rounds * seeds / jax_s, "jax_final_accuracy": jax_acc.mean()}
         if have_torch:
-            torch_s, torch_acc = time_torch(cfg, dataset, model_name, torch_runs)
+            torch_s, torch_acc = time_torch(cfg, dataset, model_name, torch_runs, device)
             torch_s *= seeds / torch_runs  # sequential runs scale linearly
             row.update(torch_run_s=torch_s, torch_runs_timed=torch_runs, torch_rounds_per_s=cfg.rounds * seeds / torch_s,
                        torch_final_accuracy=torch_acc.mean(), speedup=torch_s / jax_s,
@@ -141,7 +147,8 @@ def main(argv=None):
                                      eval_every=args.cnn_rounds, lr=0.01, unroll=args.cnn_rounds)
     measure(f"{mnist.name} paper CNN, 1 run", cnn_config, mnist, cnn, "paper_cnn", 1, 1)
     results = {"config": dataclasses.asdict(config), "cnn_config": dataclasses.asdict(cnn_config),
-               "have_torch": have_torch, "measurements": rows}
+               "have_torch": have_torch, "torch_device": None if device is None else str(device),
+               "devices": devices_record(device), "measurements": rows}
     path = write_results(args.out, results)
     _plot(rows, args.out, have_torch)
     print(f"wrote {path}")

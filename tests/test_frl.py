@@ -16,17 +16,27 @@ TOY = frl.DecByzPGConfig(num_agents=1, aggregator="mean", agreement="none", larg
 
 
 def reference_ops(config):
-    """Jitted single-agent building blocks: GPOMDP on N fresh trajectories, PAGE-PG on B fresh trajectories."""
+    """Jitted single-agent building blocks: GPOMDP on N fresh trajectories, PAGE-PG on B fresh trajectories.
+
+    FRL samples in blocks of B episodes, block j with key ``fold_in(key, j)``: the N episodes of a large batch
+    are the first N of the concatenated blocks; GPOMDP on them is ``pg.gpomdp`` of that batch.
+    """
     env, env_params, policy = frl.base.make_env_and_policy(config)
+    num_blocks = -(-config.large_batch // config.small_batch)
 
-    def sample(key, theta, batch):
-        return pg.sample_trajectories(key, policy, theta, env, env_params, num_episodes=batch,
-                                      horizon=config.horizon)
+    def large_batch(key, theta):
+        blocks = [pg.sample_trajectories(jax.random.fold_in(key, j), policy, theta, env, env_params,
+                                         num_episodes=config.small_batch, horizon=config.horizon)
+                  for j in range(num_blocks)]
+        return jax.tree.map(lambda *x: jnp.concatenate(x, axis=1)[:, :config.large_batch], *blocks)
 
-    gpomdp = jax.jit(lambda key, theta: pg.gpomdp(policy, theta, sample(key, theta, config.large_batch),
-                                                  config.gamma))
+    def small_batch(key, theta):
+        return pg.sample_trajectories(jax.random.fold_in(key, 0), policy, theta, env, env_params,
+                                      num_episodes=config.small_batch, horizon=config.horizon)
+
+    gpomdp = jax.jit(lambda key, theta: pg.gpomdp(policy, theta, large_batch(key, theta), config.gamma))
     page = jax.jit(lambda key, theta, theta_prev, v: pg.page_pg_estimate(
-        policy, theta, theta_prev, v, sample(key, theta, config.small_batch), config.gamma))
+        policy, theta, theta_prev, v, small_batch(key, theta), config.gamma))
     return gpomdp, page
 
 
@@ -55,11 +65,13 @@ def test_switches_count_trajectories_per_agent():
     assert 0.1 < switches.mean() < 0.3
 
 
-def test_decbyzpg_with_one_agent_is_page_pg():
+@pytest.mark.parametrize("large_batch", [4, pytest.param(5, marks=pytest.mark.slow)])  # N = 5, B = 2: the last of a large batch's blocks counts 1
+def test_decbyzpg_with_one_agent_is_page_pg(large_batch):
+    config = dataclasses.replace(TOY, large_batch=large_batch)
     switches = np.array([True, False, False, True, False])
     key = jax.random.PRNGKey(3)
-    state, history = jax.jit(frl.make_decbyzpg(TOY).run)(key, switches)
-    np.testing.assert_allclose(np.asarray(state.theta[0]), np.asarray(page_pg_loop(TOY, key, switches)),
+    state, history = jax.jit(frl.make_decbyzpg(config).run)(key, switches)
+    np.testing.assert_allclose(np.asarray(state.theta[0]), np.asarray(page_pg_loop(config, key, switches)),
                                rtol=1e-4, atol=1e-5)
     assert history["returns"].shape == (5,)
 
@@ -82,7 +94,7 @@ def test_byzpg_matches_a_loop_reference():
         if switch:
             v = sum(gpomdp(k, theta) for k in jax.random.split(k_sample, 3)) / 3
         else:
-            v = page(k_sample, theta, theta_prev, v)
+            v = page(jax.random.split(k_sample, 3)[0], theta, theta_prev, v)  # the server samples as worker 0
         updates, opt_state = optimizer.update(-v, opt_state, theta)
         theta_prev, theta = theta, theta + updates
     np.testing.assert_allclose(np.asarray(final.theta), np.asarray(theta), rtol=1e-4, atol=1e-5)
@@ -98,6 +110,7 @@ def test_avg_zero_cancels_plain_averaging(make):
     assert float(jnp.abs(attacked.v).max()) < 1e-4  # honest GPOMDP entries here are O(1) to O(10)
 
 
+@pytest.mark.slow
 def test_aggregating_every_iteration_keeps_plain_averaging_agents_in_step():
     """Dec-PAGE-PG (mean, no agreement): the paper's algorithm lets honest agents drift apart on their local
     small-batch steps; the reference code's aggregation on every iteration keeps them identical."""
@@ -158,7 +171,7 @@ def test_centered_clipping_in_frl_clips_around_its_own_centre():
     assert float(jnp.linalg.norm(second.v - first.v)) <= tau * (1 + 1e-5)
 
 
-@pytest.mark.parametrize("make", [frl.make_decbyzpg, frl.make_byzpg])
+@pytest.mark.parametrize("make", [frl.make_decbyzpg, pytest.param(frl.make_byzpg, marks=pytest.mark.slow)])
 def test_ipm_flips_plain_averaging_but_not_the_median(make):
     """IPM (an FL attack) from one of five agents: the mean of the received estimates points against the honest
     mean, the coordinate-wise median does not."""

@@ -12,6 +12,7 @@ from benchmarks import decbyzpg
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow  # the benchmark end to end at --quick size
 def test_benchmark_quick_writes_results_and_plots(tmp_path):
     decbyzpg.main(["--quick", "--figures", "attacks", "--out", str(tmp_path)])
     with open(tmp_path / "results.json") as f:
@@ -22,6 +23,10 @@ def test_benchmark_quick_writes_results_and_plots(tmp_path):
         assert len(curve["mean"]) == len(curve["trajectories"]) > 0
         assert curve["trajectories"][-1] <= results["config"]["max_trajectories"]
     assert curves["DecByzPG K=4 large_noise"]["final_honest_diameter"] < 1e-3
+    for curve in curves.values():  # both variants ran in one program; greedy returns beside the sampled ones
+        assert curve["group"] == sorted(curves) or set(curve["group"]) == set(curves)
+        assert len(curve["greedy_mean"]) == len(curve["trajectories"])
+        assert 0 < curve["final_greedy_mean"] <= 40  # the quick run's horizon
     assert results["environment"]["devices"]
     assert (tmp_path / "CartPole-v1_dec_large_noise.png").exists()
 
@@ -46,7 +51,8 @@ def test_notebook_runs_and_large_noise_breaks_dec_page_pg_but_not_decbyzpg():
     assert dec["last"] < 40  # the undefended federation does not learn
 
 
-def test_benchmark_rejects_seeds_that_do_not_split_into_switch_groups():
-    with pytest.raises(ValueError, match="switch-groups"):
-        decbyzpg.parse_args(["--seeds", "3", "--switch-groups", "2"])
-    assert decbyzpg.parse_args(["--seeds", "4"]).switch_groups == 4  # default: one coin sequence per seed
+def test_benchmark_rejects_nonsense_sizes():
+    with pytest.raises(ValueError, match="seeds"):
+        decbyzpg.parse_args(["--seeds", "0"])
+    with pytest.raises(ValueError, match="chunk"):
+        decbyzpg.parse_args(["--chunk", "0"])

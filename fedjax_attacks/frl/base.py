@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from fedjax_attacks import aggregators, attacks
-from fedjax_attacks.frl.config import ByzPGConfig
+from fedjax_attacks import aggregators, attacks, sharding
+from fedjax_attacks.frl.config import Blocks, ByzPGConfig, check_switches
 from fedjax_attacks.rl import env as rl_env
 from fedjax_attacks.rl import policy_gradient as pg
 
@@ -24,9 +24,13 @@ class State:
       v: the gradient estimates ``v_{t-1}`` (same shape).
       opt_state: the Adam state(s) (leading axis ``K`` for DecByzPG).
       aggregator_state: the aggregating parties' rule state (the server's, or one per agent with axis ``K``).
-      switches: bool[T], the coins ``c_t`` this run follows (``step`` reads ``switches[t]``).
-      t: int32, the iteration index.
-      key: PRNG key.
+      switches: what ``step`` follows: bool[T], the coins ``c_t`` (one iteration per step), or ``Blocks`` of
+        ``fedjax_attacks.frl.config`` (one block of ``B`` trajectories per agent per step).
+      t: int32, the iteration index (the attacks' round index).
+      cursor: int32, the position ``step`` reads in ``switches`` (``t`` for coins, the block for ``Blocks``).
+      key: PRNG key of the current iteration (every block of an iteration derives its keys from it).
+      partial: the current iteration's estimate so far, f32[K, d] (a row per sampling agent).
+      partial_returns: the summed undiscounted returns of its episodes so far, f32[K].
     """
 
     theta: jax.Array
@@ -34,19 +38,32 @@ class State:
     v: jax.Array
     opt_state: Any
     aggregator_state: Any
-    switches: jax.Array
+    switches: Any
     t: jax.Array
+    cursor: jax.Array
     key: jax.Array
+    partial: jax.Array
+    partial_returns: jax.Array
 
 
 class Algorithm(NamedTuple):
     """A ByzPG / DecByzPG run in the library's run protocol.
 
-    ``init(key, switches bool[T]) -> State``; ``step(state) -> (state, history)`` for one iteration (coin
-    ``switches[t]``); ``iterate(state, switches)`` scans ``len(switches)`` iterations on the given coins;
-    ``run(key, switches)`` does ``init`` then ``iterate``. ``history`` maps ``returns`` (mean undiscounted
-    return of the honest agents' sampled batch) and ``diameter`` (honest agents' parameter diameter after
-    agreement; 0 for ByzPG) to f32[T]. ``policy`` is the agents' policy.
+    ``init(key, switches) -> State``; ``step(state) -> (state, history)``; ``iterate(state, switches)`` scans
+    every step of ``switches``; ``run(key, switches)`` does ``init`` then ``iterate``. ``switches`` is either
+
+    * bool[T], the coins ``c_t``: one step is one iteration (``N`` or ``B`` trajectories per agent), and
+      ``history`` maps ``returns`` (mean undiscounted return of the honest agents' batch), ``diameter`` (the
+      honest agents' parameter diameter after agreement; 0 for ByzPG) and ``skipped`` to arrays [T]; or
+    * ``Blocks`` (``fedjax_attacks.frl.config.block_schedule`` / ``sample_block_schedules``): one step is one
+      block of ``B`` trajectories per agent, the same work whatever the coin, so ``jax.vmap`` over seeds with
+      their own coins runs as one program; ``returns`` is then the block's mean return, ``trajectories`` the
+      episodes it counted and ``completed`` whether the parameters stepped after it.
+
+    Both follow the same computation (an iteration is its blocks): coins and their ``block_schedule`` give the
+    same run. ``policy`` is the agents' policy. ``block_inputs(state, block)`` and ``absorb(state, block,
+    estimates, returns)`` are the two halves of a block step around ``sample_blocks`` (what the figure runner
+    shares between variants, ``fedjax_attacks.frl.batch``).
     """
 
     init: Callable
@@ -54,6 +71,8 @@ class Algorithm(NamedTuple):
     iterate: Callable
     run: Callable
     policy: Any
+    block_inputs: Callable = None
+    absorb: Callable = None
 
 
 def make_aggregator(config: ByzPGConfig) -> aggregators.Aggregator:
@@ -80,30 +99,114 @@ def make_env_and_policy(config: ByzPGConfig, env=None, env_params=None):
     return env, env_params, policy
 
 
-def _axis(random_actions):
-    return None if random_actions is False else 0
+def as_schedule(switches):
+    """``switches`` as arrays for the ``State``: coins (checked, ``config.check_switches``) or ``Blocks``."""
+    if isinstance(switches, Blocks):
+        dtypes = Blocks(jnp.bool_, jnp.int32, jnp.int32, jnp.bool_)
+        return Blocks(*(jnp.asarray(a, d) for a, d in zip(switches, dtypes)))
+    return jnp.asarray(check_switches(switches), bool)
 
 
-def batch_gradients(keys, policy, thetas, random_actions, env, env_params, config: ByzPGConfig, num_episodes: int):
-    """Every agent samples ``num_episodes`` trajectories at its ``theta_i``; GPOMDP estimates and returns.
+def current_block(switches: Blocks, cursor) -> Blocks:
+    """The block at position ``cursor`` of a ``Blocks`` schedule."""
+    return Blocks(*(a[cursor] for a in switches))
 
-    Returns ``(grads f32[K, d], mean undiscounted return f32[K])`` (vmapped over agents).
+
+def check_mesh(mesh, config: ByzPGConfig):
+    """``ValueError`` unless ``mesh`` (a ``jax.sharding.Mesh`` or None) has an ``"agents"`` axis whose size
+    divides ``K``; returns ``mesh``."""
+    if mesh is not None:
+        sharding.check_divides(mesh, sharding.AGENTS, config.num_agents, f"{type(config).__name__}.num_agents K")
+    return mesh
+
+
+class BlockInputs(NamedTuple):
+    """What the sampling agents of one block need, with a leading axis of ``m`` samplers: ``keys``,
+    ``thetas`` f32[m, d] (where they sample), ``thetas_prev`` f32[m, d] (``theta_{t-1}`` for the PAGE-PG
+    correction) and ``random_actions`` (bool[m], or a Python ``False`` when nobody acts randomly)."""
+
+    keys: jax.Array
+    thetas: jax.Array
+    thetas_prev: jax.Array
+    random_actions: Any
+
+
+def sample_blocks(inputs: BlockInputs, block: Blocks, policy, env, env_params, config: ByzPGConfig):
+    """Every sampler draws ``B`` trajectories at its ``theta`` and returns its part of the iteration's estimate.
+
+    On a large-batch block: ``1/N sum_tau g(tau | theta)`` over the block's ``count`` counted episodes (GPOMDP;
+    the blocks of an iteration sum to the estimate on all ``N``). On a small-batch block: PAGE-PG's correction
+    ``g_B(theta_t) - g_B^w(theta_{t-1})`` (``fedjax_attacks.rl.policy_gradient.page_pg_estimate`` less
+    ``v_{t-1}``). Both are one backward pass of the same surrogate, with the importance-weighted term masked
+    out on large blocks, so a batch of samplers on different coins is one program.
+
+    Returns ``(estimates f32[m, d], summed undiscounted returns f32[m])``.
     """
-    def one(key, theta, random):
-        traj = pg.sample_trajectories(key, policy, theta, env, env_params, num_episodes=num_episodes,
-                                      horizon=config.horizon, random_actions=random)
-        return pg.gpomdp(policy, theta, traj, config.gamma), jnp.mean(pg.episode_returns(traj))
-
-    return jax.vmap(one, in_axes=(0, 0, _axis(random_actions)))(keys, thetas, random_actions)
-
-
-def page_steps(keys, policy, thetas, thetas_prev, v_prev, random_actions, env, env_params, config: ByzPGConfig):
-    """Small-batch PAGE-PG steps of every agent (``B`` trajectories at ``theta_i``); ``(v f32[K, d], returns)``."""
-    def one(key, theta, theta_prev, v, random):
+    def one(key, theta, theta_prev, random):
         traj = pg.sample_trajectories(key, policy, theta, env, env_params, num_episodes=config.small_batch,
                                       horizon=config.horizon, random_actions=random)
-        v_new = pg.page_pg_estimate(policy, theta, theta_prev, v, traj, config.gamma, config.importance_weights)
-        return v_new, jnp.mean(pg.episode_returns(traj))
+        counted = (jnp.arange(config.small_batch) < block.count).astype(jnp.float32)
+        traj = traj.replace(rewards=traj.rewards * counted, mask=traj.mask * counted)
+        return _block_estimate(policy, theta, theta_prev, traj, block.large, config), jnp.sum(traj.rewards)
 
-    return jax.vmap(one, in_axes=(0, 0, 0, 0, _axis(random_actions)))(keys, thetas, thetas_prev, v_prev,
-                                                                      random_actions)
+    axis = None if inputs.random_actions is False else 0
+    return jax.vmap(one, in_axes=(0, 0, 0, axis))(inputs.keys, inputs.thetas, inputs.thetas_prev,
+                                                 inputs.random_actions)
+
+
+def _block_estimate(policy, theta, theta_prev, traj, large, config: ByzPGConfig):
+    scale = jnp.where(large, 1.0 / config.large_batch, 1.0 / config.small_batch)
+    coef_now = pg.discounted_rewards_to_go(traj.rewards, config.gamma) * scale
+    if config.importance_weights == "trajectory":  # as pg.page_pg_estimate
+        coef_prev = coef_now * jnp.exp(pg.log_importance_weights(policy, theta, theta_prev, traj))
+    else:
+        step_weights = jnp.exp(jnp.cumsum(pg.per_step_log_ratios(policy, theta, theta_prev, traj), axis=0))
+        discounts = config.gamma ** jnp.arange(traj.rewards.shape[0], dtype=jnp.float32)[:, None]
+        weighted = step_weights * discounts * traj.rewards * scale
+        coef_prev = jnp.flip(jnp.cumsum(jnp.flip(weighted, 0), axis=0), 0)
+    coef_prev = jnp.where(large, 0.0, coef_prev)  # `where`, not a product: the weights may overflow to inf
+
+    def block(obs, actions, mask, coefs):
+        c_now, c_prev = coefs
+
+        def surrogate(th, th_prev):
+            now = jnp.sum(mask * c_now * policy.log_prob(th, obs, actions))
+            return now + jnp.sum(mask * c_prev * policy.log_prob(th_prev, obs, actions))
+
+        g_now, g_before = jax.grad(surrogate, argnums=(0, 1))(theta, theta_prev)
+        return g_now - g_before
+
+    coefs = jax.lax.stop_gradient((coef_now, coef_prev))
+    return pg.reduce_live_blocks(block, traj, coefs, jnp.zeros_like(theta))
+
+
+def block_keys(k_sample, num_samplers: int, index) -> jax.Array:
+    """The samplers' keys for block ``index`` of an iteration: ``fold_in(split(k_sample, m)[i], index)``."""
+    return jax.vmap(lambda k: jax.random.fold_in(k, index))(jax.random.split(k_sample, num_samplers))
+
+
+def large_block_count(config: ByzPGConfig, index):
+    """Episodes counted by block ``index`` of a large-batch iteration: ``min(B, N - index B)``."""
+    return jnp.minimum(config.small_batch, config.large_batch - index * config.small_batch).astype(jnp.int32)
+
+
+def greedy_returns(key, policy, thetas, env, env_params, config: ByzPGConfig, num_episodes: int):
+    """Undiscounted returns of the greedy policy ``a = argmax_a pi_theta(a|s)`` at each ``theta`` (f32[m, d]),
+    averaged over ``num_episodes`` episodes: f32[m]. Discrete actions only (the categorical policy)."""
+    space = env.action_space(env_params)
+    if not hasattr(space, "n"):
+        raise ValueError("greedy_returns needs a discrete action space")
+    actions = jnp.arange(space.n)
+
+    def argmax_sample(_, theta, obs):
+        log_probs = jax.vmap(lambda a: policy.log_prob(theta, obs, jnp.full(obs.shape[:1], a)))(actions)
+        return jnp.argmax(log_probs, axis=0).astype(jnp.int32)
+
+    greedy = policy._replace(sample=argmax_sample)
+
+    def one(k, theta):
+        traj = pg.sample_trajectories(k, greedy, theta, env, env_params, num_episodes=num_episodes,
+                                      horizon=config.horizon)
+        return jnp.mean(pg.episode_returns(traj))
+
+    return jax.vmap(one)(jax.random.split(key, thetas.shape[0]), thetas)

@@ -7,12 +7,12 @@ Measured figures for these settings are in the README.
 
 import dataclasses
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import jax
 import numpy as np
 
-from fedjax_attacks import aggregators, attacks
+from fedjax_attacks import aggregators, attacks, validation
 from fedjax_attacks.frl import agreement as agr
 from fedjax_attacks.rl import policy_gradient as pg
 
@@ -49,7 +49,12 @@ class ByzPGConfig:
       learning_rate, gamma, horizon: Adam step size ``eta``, discount ``gamma``, trajectory horizon ``H``.
       importance_weights: PAGE-PG's ``g_B^w`` estimator, ``"trajectory"`` or ``"per_step"``
         (``fedjax_attacks.rl.policy_gradient.page_pg_estimate``).
-      hidden, activation, output_activation: the MLP policy.
+      hidden, activation, output_activation: the MLP policy. The paper's (Table 1) output activation is
+        ``"tanh"``: the logits lie in ``[-1, 1]``, so with two actions no action has probability above
+        ``1 / (1 + e^-2) = 0.88`` and the sampled returns level below the greedy ones; ``"identity"`` gives
+        unbounded logits (outside the paper's setting).
+      allow_byzantine_majority: allow ``2 f >= K`` (no honest majority). This is outside Assumption 1, so it
+        is refused unless set, for experiments on the breakdown point.
     """
 
     env_name: str = "CartPole-v1"
@@ -73,21 +78,27 @@ class ByzPGConfig:
     hidden: tuple = (16, 16)
     activation: str = "relu"
     output_activation: str = "tanh"
+    allow_byzantine_majority: bool = False
 
     def validate(self) -> None:
         """``ValueError`` naming the first inconsistent field, before anything is traced.
 
-        Assumption 1 needs ``f < K / 2`` (ByzPG) or ``f < K / 3`` (DecByzPG) for the guarantees; larger ``f`` is
-        allowed (it is an experiment), but ``f < K`` is required.
+        Assumption 1 needs ``f < K / 2`` (ByzPG) or ``f < K / 3`` (DecByzPG) for the guarantees. A Byzantine
+        majority (``2 f >= K``) is refused unless ``allow_byzantine_majority`` is set; ``f < K`` is always required.
         """
         name = type(self).__name__
         for field in ("num_agents", "large_batch", "small_batch", "horizon", "bucket_size"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name}.{field} must be an integer >= 1, got {value!r}")
-        if not 0 <= self.num_byzantine < self.num_agents:
+            validation.check_count(self, field)
+        validation.check_count(self, "num_byzantine", minimum=0)
+        if not self.num_byzantine < self.num_agents:
             raise ValueError(f"{name}: need 0 <= num_byzantine < num_agents, got f={self.num_byzantine}, "
                              f"K={self.num_agents}")
+        if not isinstance(self.allow_byzantine_majority, bool):
+            raise ValueError(f"{name}.allow_byzantine_majority must be a bool, got {self.allow_byzantine_majority!r}")
+        if 2 * self.num_byzantine >= self.num_agents and not self.allow_byzantine_majority:
+            raise ValueError(f"{name}: num_byzantine={self.num_byzantine} of num_agents={self.num_agents} leaves no "
+                             f"honest majority (2 f >= K), outside the paper's assumptions; set "
+                             f"allow_byzantine_majority=True to run it as an experiment")
         byzantine_act = self.attack != "none" or self.random_actions
         if (self.num_byzantine > 0) != byzantine_act:
             raise ValueError(f"{name}: num_byzantine={self.num_byzantine} needs a Byzantine behaviour (attack != "
@@ -147,13 +158,34 @@ ACROBOT = DecByzPGConfig(env_name="Acrobot-v1", hidden=(64, 64), activation="tan
                          learning_rate=1e-3, horizon=500)
 
 
+def _check_int(name: str, value, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_switches(switches) -> np.ndarray:
+    """The coins ``c_t`` as a non-empty bool[T] array; ``ValueError`` for an empty sequence or non-bool values
+    (floats such as ``0.3`` are refused rather than read as ``True``). Traced coins pass unchecked."""
+    if isinstance(switches, jax.core.Tracer):
+        return switches
+    array = np.asarray(switches)
+    if array.ndim != 1 or array.size == 0:
+        raise ValueError(f"switches must be a non-empty 1-d sequence of coins, got shape {array.shape}")
+    if array.dtype != np.bool_:
+        raise ValueError(f"switches must be booleans (the coins c_t), got dtype {array.dtype}")
+    return array
+
+
 def sample_switches(key, config: ByzPGConfig, max_trajectories: int, multiple_of: int = 1) -> np.ndarray:
     """The shared coin flips ``c_t ~ Bernoulli(p)`` (``c_0 = 1``) of a run of ``max_trajectories`` per agent.
 
     Returns bool[T] with ``T`` the first iteration count whose trajectories per agent (``N`` on a large-batch
     iteration, ``B`` otherwise) reach ``max_trajectories``, rounded up to a multiple of ``multiple_of`` (to run
-    in equal chunks). Pass the same switches to every seed so ``lax.cond`` stays a branch under ``vmap``.
+    in equal chunks). For many seeds, each with its own coins, in one program see ``sample_block_schedules``.
     """
+    _check_int("max_trajectories", max_trajectories)
+    _check_int("multiple_of", multiple_of)
     upper = -(-max_trajectories // config.small_batch) + multiple_of
     coins = np.array(jax.random.bernoulli(key, config.switch_prob, (upper,)))
     coins[0] = True
@@ -166,3 +198,66 @@ def sample_switches(key, config: ByzPGConfig, max_trajectories: int, multiple_of
 def trajectories_per_iteration(switches, config: ByzPGConfig) -> np.ndarray:
     """Trajectories sampled per agent at each iteration: ``N`` where ``c_t = 1``, else ``B``."""
     return np.where(np.asarray(switches), config.large_batch, config.small_batch)
+
+
+class Blocks(NamedTuple):
+    """A run cut into blocks of ``B`` trajectories per agent, the unit of work that batches over seeds.
+
+    An iteration with ``c_t = 0`` is one block (the small batch); one with ``c_t = 1`` is ``ceil(N / B)``
+    blocks whose GPOMDP sums add up to the large-batch estimate (the last block counts only ``N mod B``
+    episodes when ``B`` does not divide ``N``). Every block costs the same whatever the coin, so seeds with
+    different coins run in lockstep in one vmapped program. Arrays of shape [M] (or [S, M] for S seeds):
+
+    Attributes:
+      large: bool, the block belongs to a large-batch iteration (``c_t = 1``).
+      index: int32, the block's position ``j`` within its iteration.
+      count: int32, the episodes it counts (``<= B``).
+      last: bool, it completes its iteration (the parameters step after it).
+    """
+
+    large: Any
+    index: Any
+    count: Any
+    last: Any
+
+
+def blocks_per_large_batch(config: ByzPGConfig) -> int:
+    """``ceil(N / B)``: the blocks of a large-batch iteration."""
+    return -(-config.large_batch // config.small_batch)
+
+
+def block_schedule(switches, config: ByzPGConfig) -> Blocks:
+    """The ``Blocks`` (numpy, [M]) of the iterations with coins ``switches``, in order."""
+    coins = check_switches(switches)
+    per_iteration = np.where(coins, blocks_per_large_batch(config), 1)
+    starts = np.cumsum(per_iteration) - per_iteration
+    large = np.repeat(coins, per_iteration)
+    index = (np.arange(per_iteration.sum()) - np.repeat(starts, per_iteration)).astype(np.int32)
+    count = np.where(large, np.minimum(config.small_batch, config.large_batch - index * config.small_batch),
+                     config.small_batch).astype(np.int32)
+    last = index == np.repeat(per_iteration, per_iteration) - 1
+    return Blocks(large, index, count, last)
+
+
+def sample_block_schedules(key, config: ByzPGConfig, max_trajectories: int, num_seeds: int,
+                           multiple_of: int = 1) -> Blocks:
+    """One coin sequence ``c_t ~ Bernoulli(p)`` (``c_0 = 1``) per seed, as ``Blocks`` of shape [S, M].
+
+    Seed ``s`` draws its coins from ``fold_in(key, s)``. ``M`` is the fewest blocks with which every seed
+    reaches ``max_trajectories`` per agent, rounded up to a multiple of ``multiple_of``; a seed's schedule is
+    cut there (possibly inside a large-batch iteration, which then never steps).
+    """
+    max_trajectories = _check_int("max_trajectories", max_trajectories)
+    num_seeds = _check_int("num_seeds", num_seeds)
+    multiple_of = _check_int("multiple_of", multiple_of)
+    # every coin is at least one block, and every block counts at least `fewest` episodes
+    fewest = min(config.small_batch, config.large_batch - (blocks_per_large_batch(config) - 1) * config.small_batch)
+    upper = -(-max_trajectories // fewest) + multiple_of
+    schedules = []
+    for seed in range(num_seeds):  # host-side numpy: the coins, not the run
+        coins = np.array(jax.random.bernoulli(jax.random.fold_in(key, seed), config.switch_prob, (upper,)))
+        coins[0] = True
+        schedules.append(block_schedule(coins, config))
+    needed = max(int(np.searchsorted(np.cumsum(s.count), max_trajectories)) + 1 for s in schedules)
+    length = -(-needed // multiple_of) * multiple_of
+    return Blocks(*(np.stack([a[:length] for a in arrays]) for arrays in zip(*schedules)))

@@ -19,56 +19,77 @@ By default this follows the paper's algorithm (aggregation only on large batches
 broadcast their small-batch estimates, step along the aggregate of what they received, and keep their own
 unaggregated estimate as ``v_{t-1}``. Without an agreement step (Dec-PAGE-PG) that variant is what keeps the
 honest agents in step: in the paper's algorithm they drift apart on the local small-batch steps.
+
+Sampling is done in blocks of ``B`` trajectories per agent (``fedjax_attacks.frl.base.sample_blocks``): a
+large-batch iteration is ``ceil(N / B)`` blocks whose GPOMDP sums make ``g^(i)``. Stepping by coins runs an
+iteration per step; stepping by ``Blocks`` runs a block per step, so seeds with their own coins batch.
+With ``mesh=`` (a ``jax.sharding.Mesh`` with an ``"agents"`` axis) the agents' sampling, estimates and
+parameters are split over that axis; the result is the same up to float summation order.
 """
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from fedjax_attacks import sharding
 from fedjax_attacks.frl import agreement as agr
 from fedjax_attacks.frl import base
 from fedjax_attacks.frl import byzantine as byz
-from fedjax_attacks.frl.base import Algorithm, State
-from fedjax_attacks.frl.config import DecByzPGConfig
+from fedjax_attacks.frl.base import Algorithm, BlockInputs, State
+from fedjax_attacks.frl.config import Blocks, DecByzPGConfig, blocks_per_large_batch
 
 
-def make_decbyzpg(config: DecByzPGConfig, env=None, env_params=None) -> Algorithm:
-    """Builds DecByzPG for ``config`` (validated here); ``env`` overrides ``config.env_name``.
+def make_decbyzpg(config: DecByzPGConfig, env=None, env_params=None, *, mesh=None) -> Algorithm:
+    """Builds DecByzPG for ``config`` (validated here); ``env`` overrides ``config.env_name``; ``mesh`` (optional)
+    shards the agents over its ``"agents"`` axis (``ValueError`` if that axis is missing or does not divide K).
 
-    ``jax.vmap(alg.run, in_axes=(0, None))(keys, switches)`` runs many seeds with shared switches. ``history``
-    also counts, as ``skipped``, the honest agents that refused a non-finite direction (keeping their state).
+    ``jax.vmap(alg.run)(keys, schedules)`` with ``schedules = frl.sample_block_schedules(key, config, T, S)``
+    runs S seeds, each with its own coins, as one program. ``history`` also counts, as ``skipped``, the honest
+    agents that refused a non-finite direction (keeping their state).
     """
     if not isinstance(config, DecByzPGConfig):
         raise ValueError(f"make_decbyzpg needs a DecByzPGConfig (agreement settings), got {type(config).__name__}")
     config.validate()
+    mesh = base.check_mesh(mesh, config)
     env, env_params, policy = base.make_env_and_policy(config, env, env_params)
     aggregator = base.make_aggregator(config)
     attack = base.make_attack(config)
     optimizer = optax.adam(config.learning_rate)
-    K, f = config.num_agents, config.num_byzantine
+    K, f, d = config.num_agents, config.num_byzantine, policy.num_params
     rule = config.agreement if K > 1 else "none"
+    on_agents = lambda tree: sharding.constrain(tree, mesh, sharding.AGENTS)
 
     def init(key, switches):
         key, k_theta = jax.random.split(key)
-        theta = jnp.broadcast_to(policy.init(k_theta), (K, policy.num_params))  # common initialization theta_0
-        agg_states = jax.vmap(lambda _: aggregator.init(policy.num_params))(jnp.arange(K))
+        theta = on_agents(jnp.broadcast_to(policy.init(k_theta), (K, d)))  # common initialization theta_0
+        agg_states = jax.vmap(lambda _: aggregator.init(d))(jnp.arange(K))
+        zero = jnp.zeros((), jnp.int32)
         return State(theta, theta, jnp.zeros_like(theta), jax.vmap(optimizer.init)(theta), agg_states,
-                     jnp.asarray(switches, bool), jnp.zeros((), jnp.int32), key)
+                     base.as_schedule(switches), zero, zero, key, jnp.zeros_like(theta), jnp.zeros((K,)))
 
-    def step_with(state, switch):
-        key, k_byz, k_sample, k_msg, k_agg, k_agree = jax.random.split(state.key, 6)
-        byzantine = byz.byzantine_mask(k_byz, K, f, config.resample_byzantine)
-        random_actions = byz.acts_randomly(config.random_actions, byzantine)
-        sample_keys = jax.random.split(k_sample, K)
+    def iteration_keys(state):  # next key, k_byz, k_sample, k_msg, k_agg, k_agree: shared by the blocks
+        return jax.random.split(state.key, 6)
+
+    def byzantine_mask(state):
+        return byz.byzantine_mask(iteration_keys(state)[1], K, f, config.resample_byzantine)
+
+    def block_inputs(state, block):
+        random_actions = byz.acts_randomly(config.random_actions, byzantine_mask(state))
+        keys = base.block_keys(iteration_keys(state)[2], K, block.index)
+        return BlockInputs(*on_agents((keys, state.theta, state.theta_prev)), random_actions)
+
+    def add_block(state, block):
+        estimates, returns = base.sample_blocks(block_inputs(state, block), block, policy, env, env_params, config)
+        return state.replace(partial=on_agents(state.partial + estimates),
+                             partial_returns=state.partial_returns + returns)
+
+    def finish(state, large):
+        """The end of an iteration: ``v_t`` from the blocks, aggregation, Adam, Avg-Agree."""
+        key, k_byz, _, k_msg, k_agg, k_agree = iteration_keys(state)
+        byzantine = byzantine_mask(state)
+        honest = ~byzantine
         agg_keys = jax.random.split(k_agg, K)
-
-        def large(_):
-            return base.batch_gradients(sample_keys, policy, state.theta, random_actions, env, env_params,
-                                        config, config.large_batch)
-
-        def small(_):
-            return base.page_steps(sample_keys, policy, state.theta, state.theta_prev, state.v, random_actions,
-                                   env, env_params, config)
+        own = jnp.where(large, state.partial, state.v + state.partial)  # GPOMDP g^(i), or the PAGE-PG step
 
         def communicate(own_and_states):
             own, agg_states = own_and_states
@@ -76,12 +97,11 @@ def make_decbyzpg(config: DecByzPGConfig, env=None, env_params=None) -> Algorith
                                      agg_states, agg_keys)
             return jax.vmap(lambda m, s, k: aggregator.update(m, s, key=k))(messages, agg_states, agg_keys)
 
-        own, returns = jax.lax.cond(switch, large, small, None)
         if config.aggregate_every_iteration:  # the reference code: step along the aggregate, recurse on own
             direction, agg_states = communicate((own, state.aggregator_state))
             v = own
         else:  # Algorithm 2: aggregate only the large-batch estimates; the aggregate is v_t
-            direction, agg_states = jax.lax.cond(switch, communicate, lambda x: x, (own, state.aggregator_state))
+            direction, agg_states = jax.lax.cond(large, communicate, lambda x: x, (own, state.aggregator_state))
             v = direction
         updates, opt_state = jax.vmap(optimizer.update)(-direction, state.opt_state, state.theta)
         # an agent whose direction is non-finite refuses it: it keeps its parameters, estimate and optimizer
@@ -90,23 +110,57 @@ def make_decbyzpg(config: DecByzPGConfig, env=None, env_params=None) -> Algorith
             lambda n, o: jnp.where(skipped.reshape((K,) + (1,) * (n.ndim - 1)), o, n), new, old)
         stepped, v, opt_state, agg_states = keep((state.theta + updates, v, opt_state, agg_states),
                                                  (state.theta, state.v, state.opt_state, state.aggregator_state))
-        theta = agr.average_agreement(k_agree, rule, stepped, byzantine, attack, f, config.num_rounds, state.t,
-                                      config.per_recipient)
-        honest = ~byzantine
+        theta = on_agents(agr.average_agreement(k_agree, rule, stepped, byzantine, attack, f, config.num_rounds,
+                                                state.t, config.per_recipient))
+        per_agent = state.partial_returns / jnp.where(large, config.large_batch, config.small_batch)
         history = {
-            "returns": jnp.sum(jnp.where(honest, returns, 0.0)) / jnp.sum(honest),
+            "returns": jnp.sum(jnp.where(honest, per_agent, 0.0)) / jnp.sum(honest),
             "diameter": agr.diameter(theta, honest),
             "skipped": jnp.sum((skipped & honest).astype(jnp.int32)),
         }
-        return State(theta, state.theta, v, opt_state, agg_states, state.switches, state.t + 1, key), history
+        new = State(theta, state.theta, v, opt_state, agg_states, state.switches, state.t + 1, state.cursor, key,
+                    jnp.zeros_like(state.partial), jnp.zeros_like(state.partial_returns))
+        return new, history
+
+    def pending(state):  # a block inside an iteration: nothing steps yet
+        return state, {"returns": jnp.zeros(()), "diameter": agr.diameter(state.theta, ~byzantine_mask(state)),
+                       "skipped": jnp.zeros((), jnp.int32)}
+
+    def absorb(state, block, estimates, returns):
+        honest = ~byzantine_mask(state)
+        state = state.replace(partial=on_agents(state.partial + estimates),
+                              partial_returns=state.partial_returns + returns)
+        state, history = jax.lax.cond(block.last, lambda s: finish(s, block.large), pending, state)
+        block_return = jnp.sum(jnp.where(honest, returns, 0.0)) / (jnp.sum(honest) * block.count)
+        history.update(returns=block_return, trajectories=block.count, completed=block.last)
+        return state.replace(cursor=state.cursor + 1), history
+
+    def block_step(state, block):
+        inputs = block_inputs(state, block)
+        return absorb(state, block, *base.sample_blocks(inputs, block, policy, env, env_params, config))
+
+    def iteration_step(state, switch):
+        """One iteration on coin ``switch``: its blocks (``ceil(N / B)`` or 1), then ``finish``."""
+        num_blocks = jnp.where(switch, blocks_per_large_batch(config), 1)
+
+        def body(j, s):
+            count = jnp.where(switch, base.large_block_count(config, j), config.small_batch)
+            return add_block(s, Blocks(switch, j, count, j == num_blocks - 1))
+
+        state, history = finish(jax.lax.fori_loop(0, num_blocks, body, state), switch)
+        return state.replace(cursor=state.cursor + 1), history
 
     def step(state):
-        return step_with(state, state.switches[state.t])
+        if isinstance(state.switches, Blocks):
+            return block_step(state, base.current_block(state.switches, state.cursor))
+        return iteration_step(state, state.switches[state.cursor])
 
     def iterate(state, switches):
-        return jax.lax.scan(step_with, state, jnp.asarray(switches, bool))
+        if isinstance(switches, Blocks):
+            return jax.lax.scan(block_step, state, base.as_schedule(switches))
+        return jax.lax.scan(iteration_step, state, base.as_schedule(switches))
 
     def run(key, switches):
         return iterate(init(key, switches), switches)
 
-    return Algorithm(init, step, iterate, run, policy)
+    return Algorithm(init, step, iterate, run, policy, block_inputs, absorb)

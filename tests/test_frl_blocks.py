@@ -1,0 +1,139 @@
+"""ByzPG / DecByzPG in blocks of B trajectories: schedules, seeds with their own coins and several variants in one
+program against runs on coins, greedy returns, and the validation of counts, coins and Byzantine majorities."""
+
+import dataclasses
+
+import gymnax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fedjax_attacks import frl
+from fedjax_attacks.frl import batch
+
+BASE = frl.DecByzPGConfig(num_agents=3, aggregator="mean", agreement="none", large_batch=5, small_batch=2,
+                          horizon=20, hidden=(8,), learning_rate=1e-2)
+
+
+def test_block_schedule_cuts_large_batches_into_blocks_of_b():
+    blocks = frl.block_schedule(np.array([True, False, True]), BASE)  # N = 5, B = 2: 3 blocks, the last counts 1
+    np.testing.assert_array_equal(blocks.large, [1, 1, 1, 0, 1, 1, 1])
+    np.testing.assert_array_equal(blocks.index, [0, 1, 2, 0, 0, 1, 2])
+    np.testing.assert_array_equal(blocks.count, [2, 2, 1, 2, 2, 2, 1])
+    np.testing.assert_array_equal(blocks.last, [0, 0, 1, 1, 0, 0, 1])
+    schedules = frl.sample_block_schedules(jax.random.PRNGKey(0), frl.CARTPOLE, 2000, num_seeds=4, multiple_of=8)
+    totals = np.cumsum(schedules.count, axis=1)
+    assert schedules.large.shape[1] % 8 == 0 and np.all(totals[:, -1] >= 2000)
+    assert np.any(totals[:, -9] < 2000)  # no longer than needed
+    assert len({tuple(row) for row in schedules.large}) == 4  # every seed its own coins
+    assert np.all(schedules.large[:, 0])  # c_0 = 1
+
+
+def _coins(blocks, seed):
+    """The coins of the iterations that a seed's schedule completes."""
+    large, index, last = (np.asarray(a[seed]) for a in (blocks.large, blocks.index, blocks.last))
+    return large[index == 0][: int(last.sum())]
+
+
+def _check_variants_equal_runs_on_coins(algorithm, configs):
+    schedules = frl.sample_block_schedules(jax.random.PRNGKey(1), BASE, 16, num_seeds=2)
+    assert not np.array_equal(schedules.large[0], schedules.large[1])
+    keys = jax.random.split(jax.random.PRNGKey(0), 2)
+    variants = batch.make_variants(configs, algorithm)
+    final, histories = jax.jit(variants.iterate)(jax.jit(variants.init)(keys, schedules), schedules)
+    make = frl.make_decbyzpg if algorithm == "dec" else frl.make_byzpg
+    for config, state, history in zip(configs.values(), final, histories):
+        assert history["returns"].shape == schedules.large.shape
+        run = jax.jit(make(config).run)
+        for seed in range(2):
+            expected, _ = run(keys[seed], _coins(schedules, seed))
+            np.testing.assert_allclose(np.asarray(state.theta[seed]), np.asarray(expected.theta), rtol=1e-5,
+                                       atol=1e-6)
+            assert int(state.t[seed]) == int(expected.t) > 1
+
+
+@pytest.mark.slow  # about 50 s on 2 cores (four compiled programs); test_frl_benchmark covers the runner fast
+def test_variants_and_seeds_in_one_program_equal_runs_on_coins():
+    """Two DecByzPG variants (plain averaging; median + MDA under LargeNoise with RandomAction) x two seeds with
+    different coins, as one vmapped program, end where each variant's run on each seed's own coins ends."""
+    _check_variants_equal_runs_on_coins("dec", {
+        "mean": BASE,
+        "attacked": dataclasses.replace(BASE, num_byzantine=1, attack="large_noise", random_actions=True,
+                                        aggregator="median", agreement="mda"),
+    })
+
+
+@pytest.mark.slow
+def test_byzpg_variant_in_one_program_equals_runs_on_coins():
+    """ByzPG's blocks sample at every worker; a small-batch block uses worker 0's as the server's samples."""
+    _check_variants_equal_runs_on_coins("byz", {"attacked": dataclasses.replace(
+        BASE, num_byzantine=1, attack="large_noise", random_actions=True, aggregator="median")})
+
+
+@pytest.mark.slow
+def test_one_variant_steps_by_blocks_like_by_coins():
+    """``alg.step`` on a ``Blocks`` state (the chunked runner's view) matches ``alg.run`` on the coins."""
+    from fedjax_attacks.runner import run_chunked
+
+    alg = frl.make_decbyzpg(BASE)
+    coins = np.array([True, False, False, True])
+    blocks = frl.block_schedule(coins, BASE)
+    state, history = run_chunked(lambda k: alg.init(k, blocks), alg.step, len(blocks.large),
+                                 jax.random.PRNGKey(3), chunk=3, progress=False)
+    expected, expected_history = jax.jit(alg.run)(jax.random.PRNGKey(3), coins)
+    np.testing.assert_allclose(np.asarray(state.theta), np.asarray(expected.theta), rtol=1e-5, atol=1e-6)
+    assert int(np.sum(history["completed"])) == 4 and int(np.sum(history["trajectories"])) == 5 + 2 + 2 + 5
+    # the per-block returns weighted by their episodes give the per-iteration returns
+    per_iteration = np.add.reduceat(np.asarray(history["returns"]) * blocks.count,
+                                    np.nonzero(blocks.index == 0)[0]) / np.where(coins, 5, 2)
+    np.testing.assert_allclose(per_iteration, np.asarray(expected_history["returns"]), rtol=1e-5)
+
+
+def test_greedy_returns_follow_the_argmax_action():
+    """The greedy return of a policy equals a plain Python rollout taking ``argmax_a pi(a|s)``."""
+    config = dataclasses.replace(BASE, horizon=30)
+    env, env_params, policy = frl.base.make_env_and_policy(config)
+    thetas = jax.vmap(policy.init)(jax.random.split(jax.random.PRNGKey(4), 2))
+    got = frl.base.greedy_returns(jax.random.PRNGKey(5), policy, thetas, env, env_params, config, num_episodes=1)
+    gym_env, gym_params = gymnax.make("CartPole-v1")
+    log_prob, step_env = jax.jit(policy.log_prob), jax.jit(gym_env.step_env)
+    for m, theta in enumerate(thetas):
+        key = jax.random.split(jax.random.PRNGKey(5), 2)[m]
+        _, reset_key = jax.random.split(key)
+        obs, state = gym_env.reset(jax.random.split(reset_key, 1)[0], gym_params)
+        total = 0.0
+        for _ in range(config.horizon):
+            scores = [float(log_prob(theta, obs[None], jnp.array([a]))[0]) for a in range(2)]
+            obs, state, reward, done, _ = step_env(key, state, int(np.argmax(scores)), gym_params)
+            total += float(reward)
+            if bool(done):
+                break
+        assert float(got[m]) == total
+
+
+def test_validation_refuses_byzantine_majorities_bad_counts_and_bad_coins():
+    with pytest.raises(ValueError, match="allow_byzantine_majority"):
+        frl.make_decbyzpg(dataclasses.replace(BASE, num_agents=5, num_byzantine=3, attack="large_noise"))
+    with pytest.raises(ValueError, match="allow_byzantine_majority"):
+        dataclasses.replace(BASE, num_agents=4, num_byzantine=2, attack="large_noise").validate()
+    dataclasses.replace(BASE, num_agents=5, num_byzantine=3, attack="large_noise",
+                        allow_byzantine_majority=True).validate()
+    for field, value in (("num_byzantine", 1.0), ("large_batch", 0), ("small_batch", 2.0), ("num_agents", True)):
+        with pytest.raises(ValueError, match=field):
+            dataclasses.replace(BASE, **{field: value}).validate()
+    alg = frl.make_decbyzpg(BASE)
+    for coins, match in (([], "non-empty"), (np.array([1.0, 0.0]), "booleans"), (np.array([0.3]), "booleans")):
+        with pytest.raises(ValueError, match=match):
+            alg.init(jax.random.PRNGKey(0), coins)
+    for kwargs, match in (({"max_trajectories": 0}, "max_trajectories"), ({"max_trajectories": 10.0},
+                          "max_trajectories"), ({"max_trajectories": 10, "multiple_of": 0}, "multiple_of")):
+        with pytest.raises(ValueError, match=match):
+            frl.sample_switches(jax.random.PRNGKey(0), BASE, **kwargs)
+    with pytest.raises(ValueError, match="num_seeds"):
+        frl.sample_block_schedules(jax.random.PRNGKey(0), BASE, 10, num_seeds=0)
+    with pytest.raises(ValueError, match="differ"):
+        batch.make_variants({"a": BASE, "b": dataclasses.replace(BASE, num_agents=4)})
+    assert [list(g) for g in batch.group_by_shape({"a": BASE, "b": dataclasses.replace(BASE, num_agents=4),
+                                                   "c": dataclasses.replace(BASE, aggregator="median")})] == [
+        ["a", "c"], ["b"]]
