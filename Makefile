@@ -16,11 +16,11 @@ demo: $(STAMP)
 	$(PY) -m benchmarks.quickstart
 
 test: $(STAMP)
-	$(PY) -m pytest tests -m "not slow"
+	$(PY) -m pytest tests -m "not slow" -n auto --dist loadfile
 
 # Longer end-to-end runs (benchmarks at --quick size, full notebooks), outside `make test`.
 test-slow: $(STAMP)
-	$(PY) -m pytest tests -m slow
+	$(PY) -m pytest tests -m slow -n auto --dist loadfile
 
 # Optional: PyTorch (CPU build on disk) for the baselines in benchmarks/.
 bench-deps: $(STAMP)
@@ -28,3 +28,11 @@ bench-deps: $(STAMP)
 
 clean:
 	rm -rf $(VENV) results
+
+# Mutation testing (outside `make test`): cosmic-ray's mutants of each listed module against that module's own fast
+# tests (tests/mutation/run_mutation.py holds the mapping); `make mutation MODULES="rl/gae.py fl/config.py"` runs
+# some. Writes results/mutation/scores.json and survivors.txt; equivalent mutants: tests/mutation_equivalent.txt.
+.PHONY: mutation
+mutation: $(STAMP)
+	$(PY) -m pip install -q -e ".[mutation]"
+	$(PY) tests/mutation/run_mutation.py $(MODULES)

@@ -6,6 +6,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from benchmarks import attack_matrix
 from fedjax_attacks import aggregators, attacks, data, fl, models
@@ -44,6 +45,7 @@ def test_switch_dispatches_on_a_traced_index():
     assert attacks.get("switch", members=MEMBERS).needs_full_knowledge
 
 
+@pytest.mark.slow  # the benchmark end to end at --quick size
 def test_attack_matrix_quick_writes_results(tmp_path):
     out = tmp_path / "matrix"
     attack_matrix.main(["--quick", "--out", str(out)])

@@ -186,7 +186,7 @@ def test_external_attacker_loop_equals_run_with_the_same_attack():
 
 
 def test_vmapped_attack_sweep_equals_separate_runs():
-    members = [("none", {}), ("ipm", {"eps": 5.0}), ("sign_flip", {})]
+    members = [("none", {}), ("ipm", {"eps": 5.0})]
     config = dataclasses.replace(SMALL, aggregator="median", aggregator_hparams={})
     keys = jax.random.split(jax.random.PRNGKey(4), 2)
     sweep = fl.make_attack_sweep(config, DIGITS, MLP, members)
@@ -218,6 +218,7 @@ def _assert_trees_close(a, b):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # test_robustness resumes FL through the same chunked runner in the fast suite
 def test_chunked_ppo_run_equals_the_whole_run():
     from fedjax_attacks.rl import env as rl_env, ppo
 

@@ -86,6 +86,7 @@ def test_dqn_cartpole_improves():
     assert last > 3 * first, (first, last)
 
 
+@pytest.mark.slow  # the benchmark end to end at --quick size
 def test_rl_speed_benchmark_quick(tmp_path):
     """The benchmark's --quick mode (DQN section only, to keep the suite fast) writes its JSON and PNG."""
     import json

@@ -26,6 +26,7 @@ def test_make_gymnax_spec():
         rl.make("NoSuchEnv-v0")
 
 
+@pytest.mark.slow  # brax compiles for ~15 s; test_policy_gradient steps brax through the same adapter
 def test_brax_adapter_steps():
     env, params = rl.make("brax:inverted_pendulum", episode_length=3)
     s = rl.spec(env, params)
