@@ -338,10 +338,11 @@ DEC_VALID = {
     "agreement": st.sampled_from(["mda", "gda", "none"]), "agreement_rounds": _count(0, 2),
     "hidden": st.just((4,)),
 }
-DEC_BAD = {  # only what DecByzPGConfig.validate covers today (frl/config.py's gaps are reported to its owner)
+DEC_BAD = {
     **{name: BAD_COUNTS for name in ("num_agents", "large_batch", "small_batch", "horizon", "bucket_size")},
-    "num_byzantine": [-1, 9], "switch_prob": [0.0, -0.2, 1.5, float("nan")], "gamma": [0.0, 1.5, float("nan")],
-    "learning_rate": [0.0, -1e-3, float("nan")], "agreement": ["avg", None], "agreement_rounds": [-1, 1.5, "2"],
+    "num_byzantine": [-1, 9], "switch_prob": [0.0, -0.2, 1.5, float("nan"), "0.5"],
+    "gamma": [0.0, 1.5, float("nan"), "0.9"], "learning_rate": [0.0, -1e-3, float("nan"), float("inf"), "1e-3"],
+    "hidden": [(0,), (4, -1), (4.0,), "64", ()], "agreement": ["avg", None], "agreement_rounds": [-1, 1.5, "2"],
     "aggregator": ["krumm", "norm_clip", "fltrust"], "attack": ["noise"],
 }
 
@@ -356,6 +357,8 @@ def _dec_valid(c: dict) -> bool:
     if not (_is_number_in(c["switch_prob"], 0, 1, lo_open=True) and _is_number_in(c["gamma"], 0, 1, lo_open=True)):
         return False
     if not _is_rate(c["learning_rate"]) or c["aggregator"] not in ("mean", "median", "rfa"):
+        return False
+    if not _valid_hidden(c["hidden"]):
         return False
     return c["agreement"] in ("mda", "gda", "none") and _is_count(c["agreement_rounds"], 0)
 

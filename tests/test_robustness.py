@@ -216,3 +216,17 @@ def test_nonsense_configs_raise_naming_the_field(index):
     make, field = _bad_configs()[index]
     with pytest.raises(ValueError, match=field):
         make()
+
+
+def test_inversion_and_frl_configs_refuse_bad_rates_layers_and_flags():
+    from fedjax_attacks import frl, inversion
+
+    for bad in (-0.1, 0.0, float("inf"), "0.1"):
+        for attack in (inversion.dlg, inversion.inverting_gradients):
+            with pytest.raises(ValueError, match="learning_rate"):
+                attack(MLP, batch_size=1, learning_rate=bad)
+    cases = {"learning_rate": float("inf"), "hidden": (0,), "gamma": "0.9", "per_recipient": 3,
+             "random_actions": "yes"}
+    for field, bad in cases.items():
+        with pytest.raises(ValueError, match=field):
+            frl.make_decbyzpg(dataclasses.replace(frl.CARTPOLE, **{field: bad}))

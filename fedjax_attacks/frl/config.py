@@ -93,8 +93,10 @@ class ByzPGConfig:
         if not self.num_byzantine < self.num_agents:
             raise ValueError(f"{name}: need 0 <= num_byzantine < num_agents, got f={self.num_byzantine}, "
                              f"K={self.num_agents}")
-        if not isinstance(self.allow_byzantine_majority, bool):
-            raise ValueError(f"{name}.allow_byzantine_majority must be a bool, got {self.allow_byzantine_majority!r}")
+        for flag in ("allow_byzantine_majority", "random_actions", "per_recipient"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"{name}.{flag} must be a bool, got {getattr(self, flag)!r}")
+        validation.check_layers(self)
         if 2 * self.num_byzantine >= self.num_agents and not self.allow_byzantine_majority:
             raise ValueError(f"{name}: num_byzantine={self.num_byzantine} of num_agents={self.num_agents} leaves no "
                              f"honest majority (2 f >= K), outside the paper's assumptions; set "
@@ -105,12 +107,9 @@ class ByzPGConfig:
                              f"'none' or random_actions) exactly when it is > 0; got attack={self.attack!r}, "
                              f"random_actions={self.random_actions}")
         attacks.get(self.attack, **dict(self.attack_hparams))  # unknown names and bad hyperparameters
-        if not 0.0 < self.switch_prob <= 1.0:
-            raise ValueError(f"{name}.switch_prob must be in (0, 1], got {self.switch_prob}")
-        if not 0.0 < self.gamma <= 1.0:
-            raise ValueError(f"{name}.gamma must be in (0, 1], got {self.gamma}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"{name}.learning_rate must be > 0, got {self.learning_rate}")
+        validation.check_in_range(self, "switch_prob", 0.0, 1.0, low_open=True)
+        validation.check_in_range(self, "gamma", 0.0, 1.0, low_open=True)
+        validation.check_rate(self, "learning_rate")
         if self.importance_weights not in pg.IMPORTANCE_WEIGHTS:
             raise ValueError(f"{name}.importance_weights must be one of {pg.IMPORTANCE_WEIGHTS}, "
                              f"got {self.importance_weights!r}")

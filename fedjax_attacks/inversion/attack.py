@@ -6,6 +6,7 @@ cross-entropy gradient at ``params`` is ``g_bar``. ``jax.vmap(attack)(keys, para
 targets at once; the restarts are vmapped inside.
 """
 
+import math
 from typing import Callable
 
 import flax.struct
@@ -50,6 +51,7 @@ def dlg(
     Adam with a constant ``learning_rate`` replaces the paper's L-BFGS (robust inside a fixed-length scan);
     images start uniform in [0, 1] and are not boxed.
     """
+    _check_learning_rate(learning_rate)
     return _gradient_inversion(
         model, batch_size=batch_size, num_steps=num_steps, num_restarts=num_restarts,
         labels=labels, distance=matching.l2_distance, tv_weight=0.0,
@@ -77,12 +79,19 @@ def inverting_gradients(
     boxed to ``data_range``; labels optimized jointly as soft labels or inferred (``labels='infer'``).
     ``beta`` is ``tv_weight``. The best restart is chosen by the cosine term alone.
     """
+    _check_learning_rate(learning_rate)
     return _gradient_inversion(
         model, batch_size=batch_size, num_steps=num_steps, num_restarts=num_restarts,
         labels=labels, distance=matching.cosine_distance, tv_weight=tv_weight,
         optimizer=optax.adam(step_decay_schedule(learning_rate, num_steps)), signed_gradients=True,
         box=data_range,
     )
+
+
+def _check_learning_rate(learning_rate) -> None:
+    if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) or not (
+            math.isfinite(learning_rate) and learning_rate > 0):
+        raise ValueError(f"learning_rate must be a finite number > 0, got {learning_rate!r}")
 
 
 def _gradient_inversion(
