@@ -261,7 +261,6 @@ def test_variants_share_the_kit_and_rl0_learns_only_after_tau_e(toy_attack):
     assert not any(own.schedule(b, own.rl_mode)["distribution"] for b in range(own.num_blocks))
 
 
-@pytest.mark.slow  # its update is ppo.make_learn, which PPO's own tests run
 def test_ppo_learner_steps_on_the_simulator():
     config = dataclasses.replace(TOY, algorithm="ppo", ppo=dataclasses.replace(TOY.ppo, num_steps=2,
                                                                                num_minibatches=2, hidden=(8,)))
