@@ -196,7 +196,7 @@ ROBUST = {  # name -> (rule, number of non-finite rows it must tolerate among n 
     "multi_krum": (agg.multi_krum(3), 3),
     "geometric_median": (agg.geometric_median(), 6),
     "clipped_mean": (agg.clipped_mean(), 12),
-    "clipped_median": (agg.clipped_median(), 6),
+    "clipped_median": (agg.clipped_median(), 12),
     "fltrust": (agg.fltrust(), 12),
     "centered_clipping": (agg.centered_clipping(1.0, 3), 12),
     "bucketing_krum": (agg.bucketing(agg.krum(1), 2), 1),

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedjax_attacks import attacks, data, fl, models
+from fedjax_attacks import aggregators, attacks, data, fl, models
 from fedjax_attacks.attacks import AttackInput
 
 DIGITS = data.load("digits")
@@ -230,3 +230,22 @@ def test_inversion_and_frl_configs_refuse_bad_rates_layers_and_flags():
     for field, bad in cases.items():
         with pytest.raises(ValueError, match=field):
             frl.make_decbyzpg(dataclasses.replace(frl.CARTPOLE, **{field: bad}))
+
+
+@pytest.mark.parametrize("method", ["network", "sort"])
+def test_clipped_median_drops_rows_it_cannot_clip(method):
+    """The median of the clipped finite rows (NumPy), whatever the number of NaN / Inf / overflowing rows, on data
+    offset from zero (a rule that kept them as zero rows would be pulled towards 0); NaN when every row is bad."""
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(13, 6)) + 50).astype(np.float32)
+    clip = lambda rows: rows * np.minimum(1.0, 2.0 / np.linalg.norm(rows, axis=1, keepdims=True))
+    rule = jax.jit(lambda u: aggregators.clipped_median(2.0, method=method)(u))
+    for bad in ([], [4], [0, 5, 6, 11], [1, 2, 3, 7, 8, 9, 10], list(range(12))):
+        y = x.copy()
+        for i, row in enumerate(bad):
+            y[row] = (np.nan, np.inf, -np.inf, 1e38)[i % 4]
+        y[bad[:1], 2] = 1.0  # a partly finite row
+        kept = np.delete(x, bad, axis=0)
+        np.testing.assert_allclose(rule(jnp.asarray(y)), np.median(clip(kept), axis=0), rtol=1e-5)
+    assert np.isnan(np.asarray(rule(jnp.full((13, 6), np.nan)))).all()
+

@@ -18,8 +18,9 @@ from fedjax_attacks.aggregators._common import (
     sq_norms,
 )
 from fedjax_attacks.aggregators.base import Aggregator, chain, stateless
-from fedjax_attacks.aggregators.coordinatewise import median
+from fedjax_attacks.aggregators.coordinatewise import median_of
 from fedjax_attacks.aggregators.registry import get, register
+from fedjax_attacks.aggregators.sorting import check_method, sort_columns
 from fedjax_attacks.aggregators.rules import mean
 
 
@@ -47,8 +48,34 @@ def clipped_mean(max_norm: float = 2.0) -> Aggregator:
 
 
 def clipped_median(max_norm: float = 2.0, method: str | None = None) -> Aggregator:
-    """Norm clipping to ``max_norm`` then the coordinate-wise median (the seed paper's strongest defense)."""
-    return chain(norm_clip(max_norm), median(method))
+    """Norm clipping to ``max_norm`` then the coordinate-wise median (the seed paper's strongest defense).
+
+    A row that cannot be clipped (non-finite, or its norm overflows) is dropped: the median is taken over the ``m``
+    remaining rows (NaN when ``m = 0``), so a round with many such rows does not pull the median towards zero as
+    ``chain(norm_clip(), median())`` does. Rounds without such rows take the plain median (``method`` as in
+    ``median``); the others sort the columns.
+    """
+    clip = norm_clip(max_norm)
+    check_method(method)
+
+    def aggregate(updates, **context):
+        del context
+        check_updates(updates, "clipped_median")
+        keep = finite_rows(updates)
+        return lax.cond(jnp.all(keep), lambda x: median_of(x, method), lambda x: median_of_kept_rows(x, keep),
+                        clip(updates))
+
+    return stateless(aggregate, name="clipped_median")
+
+
+def median_of_kept_rows(updates, keep):
+    """The coordinate-wise median of the rows of ``updates: f32[n, d]`` where ``keep: bool[n]`` (a traced count ``m``
+    of them; the mean of the two middle values for even ``m``, NaN for ``m = 0``)."""
+    m = jnp.sum(keep)
+    ordered = sort_columns(jnp.where(keep[:, None], updates, jnp.inf))
+    low = lax.dynamic_index_in_dim(ordered, jnp.maximum(m - 1, 0) // 2, keepdims=False)
+    high = lax.dynamic_index_in_dim(ordered, m // 2, keepdims=False)
+    return jnp.where(m > 0, 0.5 * (low + high), jnp.nan)
 
 
 def nnm(num_byzantine: int = 1, aggregator=None, **aggregator_hparams) -> Aggregator:
