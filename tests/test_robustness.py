@@ -249,3 +249,19 @@ def test_clipped_median_drops_rows_it_cannot_clip(method):
         np.testing.assert_allclose(rule(jnp.asarray(y)), np.median(clip(kept), axis=0), rtol=1e-5)
     assert np.isnan(np.asarray(rule(jnp.full((13, 6), np.nan)))).all()
 
+
+
+def test_bucketing_drops_non_finite_rows_from_their_bucket():
+    """Each bucket's mean is over its finite rows (NumPy, the same shuffle); a bucket of bad rows only is NaN."""
+    rng = np.random.default_rng(4)
+    x = (rng.normal(size=(10, 5)) + 20).astype(np.float32)
+    key = jax.random.key(5)
+    perm = np.asarray(jax.random.permutation(key, 10))
+    bad = list(perm[:3]) + [perm[4]]  # bucket 0 is all bad, bucket 1 has one bad row of three
+    for i, row in enumerate(bad):
+        x[row] = (np.nan, np.inf, 1e38, -np.inf)[i]
+    got = np.asarray(jax.jit(lambda u, k: aggregators.bucketing(bucket_size=3)(u, key=k))(jnp.asarray(x), key))
+    assert np.isnan(got[0]).all()
+    for b in range(1, 4):
+        rows = [r for r in perm[3 * b:3 * b + 3] if r not in bad]
+        np.testing.assert_allclose(got[b], x[rows].mean(0), rtol=1e-6)

@@ -101,8 +101,9 @@ def nnm(num_byzantine: int = 1, aggregator=None, **aggregator_hparams) -> Aggreg
 def bucketing(aggregator=None, bucket_size: int = 2, **aggregator_hparams) -> Aggregator:
     """Bucketing: shuffle the ``n`` updates with context ``key``, average consecutive buckets of ``s = bucket_size``
     (the last one smaller when ``s`` does not divide ``n``) -> ``f32[ceil(n / s), d]``. With ``aggregator`` (a rule
-    or a registry name, built with ``aggregator_hparams``), aggregates the bucket means. A bucket holding a
-    non-finite row is a NaN row (the next rule treats it as the farthest update).
+    or a registry name, built with ``aggregator_hparams``), aggregates the bucket means. A non-finite (or
+    overflowing) row is dropped from its bucket's mean; a bucket of such rows only is a NaN row (the next rule
+    treats it as the farthest update).
     """
     s = check_int(bucket_size, "bucketing: bucket_size", 1)
 
@@ -115,9 +116,10 @@ def bucketing(aggregator=None, bucket_size: int = 2, **aggregator_hparams) -> Ag
         slot = jnp.zeros((n,), jnp.int32).at[jax.random.permutation(key, n)].set(jnp.arange(n)) // s
         member = (slot[None, :] == jnp.arange(num_buckets)[:, None]).astype(updates.dtype)
         good = finite_rows(updates)
-        means = hdot(member / jnp.sum(member, axis=1, keepdims=True), jnp.where(good[:, None], updates, 0))
-        spoiled = hdot(member, (~good).astype(updates.dtype)) > 0
-        return jnp.where(spoiled[:, None], jnp.nan, means)
+        member = member * good[None, :]
+        counts = jnp.sum(member, axis=1, keepdims=True)
+        means = hdot(member / jnp.maximum(counts, 1), jnp.where(good[:, None], updates, 0))
+        return jnp.where(counts > 0, means, jnp.nan)
 
     return _maybe_chain(stateless(transform, name="bucketing", pre=True, needs=("key",)), aggregator,
                         aggregator_hparams)
