@@ -43,7 +43,9 @@ def test_loss_and_accuracy_match_optax():
 def test_bad_model_arguments():
     with pytest.raises(ValueError, match="unknown model"):
         models.get("resnet1000", 10, (8, 8, 1))
-    with pytest.raises(ValueError, match="at least"):
-        models.get("paper_cnn", 10, (8, 8, 1))
+    for name, side in (("paper_cnn", 26), ("lenet5", 11), ("cnn", 1)):  # one below each smallest usable side
+        with pytest.raises(ValueError, match="at least"):
+            models.get(name, 10, (side, side, 1))
+        models.get(name, 10, (side + 1, side + 1, 1))
     with pytest.raises(ValueError, match="num_classes"):
         models.get("mlp", 1, (8, 8, 1))

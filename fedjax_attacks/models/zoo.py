@@ -68,7 +68,7 @@ class PaperCNN(nn.Module):
 
 
 MODELS = {"mlp": MLP, "cnn": DigitsCNN, "lenet5": LeNet5, "paper_cnn": PaperCNN}
-_MIN_SIDE = {"mlp": 1, "cnn": 2, "lenet5": 12, "paper_cnn": 24}
+_MIN_SIDE = {"mlp": 1, "cnn": 2, "lenet5": 12, "paper_cnn": 27}
 
 
 def get(name: str, num_classes: int, input_shape: Sequence[int], **kwargs) -> FlatModel:
