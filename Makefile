@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench-deps clean
+.PHONY: demo test test-slow test-tf32 bench-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ test: $(STAMP)
 # Longer end-to-end runs (benchmarks at --quick size, full notebooks), outside `make test`.
 test-slow: $(STAMP)
 	$(PY) -m pytest tests -m slow -n auto --dist loadfile
+
+# The fast suite with float32 matmuls and convolutions rounded as a TF32 GPU does (tests/tf32.py): checks on any
+# machine that no result depends on the device's default precision.
+test-tf32: $(STAMP)
+	FEDJAX_EMULATE_TF32=1 $(PY) -m pytest tests -m "not slow" -n auto --dist loadfile
 
 # Optional: PyTorch (CPU build on disk) for the baselines in benchmarks/.
 bench-deps: $(STAMP)

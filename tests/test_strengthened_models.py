@@ -81,7 +81,8 @@ def test_forward_matches_numpy_reference(name, shape, kwargs):
     # biases are initialised to zero: perturb everything so a dropped bias or a swapped layer shows
     theta = theta + 0.1 * jax.random.normal(jax.random.PRNGKey(2), theta.shape)
     x = 0.5 + jax.random.uniform(jax.random.PRNGKey(3), (2, *shape))
-    logits = jax.jit(model.apply)(theta, x)
+    with jax.default_matmul_precision("highest"):  # the wiring is under test, not a TF32 device's rounding
+        logits = jax.jit(model.apply)(theta, x)
     assert logits.shape == (2, 3)
     np.testing.assert_allclose(logits, _reference(name, model.unravel(theta), x), rtol=2e-4, atol=2e-4)
 

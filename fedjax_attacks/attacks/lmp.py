@@ -81,7 +81,7 @@ def _craft_krum(inp: AttackInput, num_steps: int) -> jax.Array:
 
     def deviation(lam):
         submitted = jnp.where(inp.malicious_mask[:, None], -lam * s, inp.updates)
-        return -jnp.dot(s, inp.aggregate(submitted))
+        return -jnp.dot(s, inp.aggregate(submitted), precision=jax.lax.Precision.HIGHEST)
 
     best = lambdas[jnp.argmax(jax.vmap(deviation)(lambdas))]
     return jnp.broadcast_to(-best * s, inp.updates.shape)

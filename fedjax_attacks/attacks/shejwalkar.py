@@ -77,7 +77,7 @@ def search_gamma(updates, mask, mu, p, num_steps: int, objective: str) -> jax.Ar
     diff = mu[None, :] - updates
     a = jnp.sum(diff * diff, axis=1)
     b = hdot(diff, p)
-    pp = jnp.dot(p, p)
+    pp = hdot(p, p)
     if objective == "max":
         threshold = jnp.max(sq)
     else:

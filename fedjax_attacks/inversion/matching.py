@@ -21,7 +21,7 @@ def cosine_distance(g: jax.Array, g_bar: jax.Array, eps: float = 1e-12) -> jax.A
     zero gradient finite (its distance is then 1).
     """
     norms = jnp.maximum(jnp.linalg.norm(g) * jnp.linalg.norm(g_bar), eps)
-    return 1.0 - jnp.vdot(g, g_bar) / norms
+    return 1.0 - jnp.vdot(g, g_bar, precision=jax.lax.Precision.HIGHEST) / norms
 
 
 def total_variation(x: jax.Array) -> jax.Array:

@@ -59,8 +59,8 @@ def ssim(
         raise ValueError(f"window_size {window_size} larger than the {h}x{w} images")
     win = jnp.asarray(gaussian_window(window_size, sigma))
 
-    def filt(img):  # img: [H, W] -> [H - s + 1, W - s + 1]
-        return jax.scipy.signal.correlate2d(img, win, mode="valid")
+    def filt(img):  # img: [H, W] -> [H - s + 1, W - s + 1]; full float32 (a metric must not depend on the device)
+        return jax.scipy.signal.correlate2d(img, win, mode="valid", precision=jax.lax.Precision.HIGHEST)
 
     def one_channel(a, b):
         mu_a, mu_b = filt(a), filt(b)

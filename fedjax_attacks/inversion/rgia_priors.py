@@ -44,7 +44,8 @@ class StatePrior:
         """``log mu_s(u)`` of one standardized state ``u: f32[D]``."""
         d = u.shape[-1]
         if self.prec_chol.ndim == 3:
-            y = jnp.einsum("kd,kde->ke", u[None] - self.means, self.prec_chol)
+            y = jnp.einsum("kd,kde->ke", u[None] - self.means, self.prec_chol,
+                           precision=jax.lax.Precision.HIGHEST)
             log_det = jnp.sum(jnp.log(jnp.diagonal(self.prec_chol, axis1=-2, axis2=-1)), axis=-1)
         else:
             y = (u[None] - self.means) * self.prec_chol

@@ -63,7 +63,7 @@ def make_crafter(model, space: ActionSpace, *, lr: float, attack_lr: float, atta
             a = theta_t - theta
             norm2 = jnp.sum(a * a)
             safe = jnp.sqrt(jnp.where(norm2 > 0, norm2, 1.0)) * jnp.maximum(jnp.linalg.norm(g_t), 1e-12)
-            cos = jnp.where(norm2 > 0, jnp.vdot(a, g_t) / safe, 0.0)
+            cos = jnp.where(norm2 > 0, jnp.vdot(a, g_t, precision=jax.lax.Precision.HIGHEST) / safe, 0.0)
             return (1 - lam) * model.loss(theta, x, y) + lam * cos
 
         def trajectory(traj_key):
