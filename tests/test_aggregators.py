@@ -332,3 +332,14 @@ def test_coordinatewise_rules_stay_in_honest_range(seed, num_out, value):
     for name in ("median", "trimmed_mean") + (("bulyan",) if num_out <= 1 else ()):
         out = np.asarray(JITTED[name](jnp.asarray(x)))
         assert np.all(out >= honest.min(0) - 1e-5) and np.all(out <= honest.max(0) + 1e-5), name
+
+
+def test_order_statistics_method_follows_the_backend_and_n():
+    from fedjax_attacks.aggregators import sorting
+
+    assert sorting.default_method() == sorting.default_method(sorting._NETWORK_MAX_N) == "network"  # a CPU
+    assert sorting.default_method(sorting._NETWORK_MAX_N + 1) == "sort"
+    x = _data(sorting._NETWORK_MAX_N + 1, 3, seed=2) + 5.0
+    x[4] = np.nan  # read as +inf by both methods
+    np.testing.assert_allclose(agg.median()(jnp.asarray(x)), np.median(np.where(np.isnan(x), np.inf, x), 0),
+                               rtol=1e-6)

@@ -20,7 +20,7 @@ def median(method: str | None = None) -> Aggregator:
     """Coordinate-wise median ``med_i x_ij`` (mean of the two middle values for even ``n``, as ``np.median``).
 
     ``method``: ``"network"`` (a sorting network, fastest on CPU), ``"sort"`` (XLA's sort, fastest on GPU/TPU) or
-    None, chosen from the backend at trace time (``sorting.default_method``).
+    None, chosen from the backend and ``n`` at trace time (``sorting.default_method``).
     """
     check_method(method)
     return stateless(lambda updates, **context: median_of(updates, method), name="median")
@@ -29,7 +29,7 @@ def median(method: str | None = None) -> Aggregator:
 def median_of(updates, method: str | None = None):
     """The coordinate-wise median of ``updates: f32[n, d]`` (no hyperparameters to validate)."""
     n, _ = check_updates(updates, "median")
-    if check_method(method) == "sort":
+    if check_method(method, n) == "sort":
         ordered = sort_columns(updates)
         return 0.5 * (ordered[(n - 1) // 2] + ordered[n // 2])
     if n % 2:
@@ -62,7 +62,7 @@ def trimmed_mean(num_trim: int = 1, method: str | None = None) -> Aggregator:
 def trimmed_mean_of(updates, num_trim: int, method: str | None = None):
     """Coordinate-wise mean of the values ranked ``num_trim .. n - 1 - num_trim`` (no validation)."""
     n = updates.shape[0]
-    if check_method(method) == "sort":
+    if check_method(method, n) == "sort":
         return jnp.mean(sort_columns(updates)[num_trim:n - num_trim], axis=0)  # a GPU reduces rows fast
     rows = [nan_to_inf(updates[i]) for i in range(n)]  # NaN/Inf rows are trimmed like +inf (fused, never stored)
     if num_trim == 0:
