@@ -9,7 +9,9 @@ algorithm (``dec`` = DecByzPG against Dec-PAGE-PG, ``byz`` = ByzPG against Fed-P
    PAGE-PG (K = 1) as reference.
 
 All seeds, each with its own coins, and all variants with the same shapes (the same K) run as one jitted
-vmapped program (``fedjax_attacks.frl.batch``), in chunks of blocks of B trajectories per agent. The x axis is
+program (``fedjax_attacks.frl.batch``), in chunks of steps: blocks of B trajectories per agent with the seeds
+side by side (``--steps blocks``, the default on GPU/TPU), or whole iterations with the seeds one after another
+(``--steps iterations``, the default on CPU, about half the work). The x axis is
 trajectories per agent, the y axis the honest agents' average return of the sampled (training) episodes (mean
 and std over seeds); the greedy policy's return (argmax action) is evaluated at every chunk beside it.
 
@@ -54,7 +56,10 @@ def parse_args(argv=None):
     p.add_argument("--horizon", type=int, default=0, help="override the preset's horizon (0 = keep)")
     p.add_argument("--large-batch", type=int, default=0, help="override N (0 = keep)")
     p.add_argument("--learning-rate", type=float, default=0.0, help="override the Adam step size (0 = keep)")
-    p.add_argument("--chunk", type=int, default=64, help="blocks of B trajectories per agent per jitted call")
+    p.add_argument("--steps", choices=frl.batch.STEPS, default=frl.batch.default_steps(),
+                   help="what one step of the program is (default on this backend: %(default)s)")
+    p.add_argument("--chunk", type=int, default=0,
+                   help="steps per jitted call, between greedy evaluations (0 = 64 blocks or 16 iterations)")
     p.add_argument("--greedy-episodes", type=int, default=2,
                    help="greedy-policy episodes per honest agent at every chunk (0 = no greedy evaluation)")
     p.add_argument("--output-activation", default="",
@@ -67,6 +72,7 @@ def parse_args(argv=None):
         args.envs, args.algorithms, args.behaviours = "CartPole-v1", "dec", "large_noise"
         args.seeds, args.max_trajectories, args.agents, args.num_byzantine = 2, 40, "1,4", 1
         args.horizon, args.large_batch, args.chunk = 40, 8, 4
+    args.chunk = args.chunk or (64 if args.steps == "blocks" else 16)
     for name in ("seeds", "max_trajectories", "chunk"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -99,13 +105,13 @@ def variants(args, preset, algorithm):
     return out
 
 
-def run_group(configs, algorithm, schedules, seeds, chunk, greedy_episodes, grid, bar):
-    """All seeds of the variants ``{label: config}`` (one shape) in one jitted vmapped program.
+def run_group(configs, algorithm, schedules, seeds, chunk, greedy_episodes, grid, bar, steps):
+    """All seeds of the variants ``{label: config}`` (one shape) in one jitted program.
 
     Returns ``{label: (returns f32[S, P], greedy f32[S, P] or None, final diameter f32[S])}`` on ``grid`` and
     the wall seconds. Each seed's curve is interpolated from its own trajectory counts onto ``grid``.
     """
-    variants = frl.batch.make_variants(configs, algorithm)
+    variants = frl.batch.make_variants(configs, algorithm, steps=steps)
     start = time.perf_counter()
     keys = jax.random.split(jax.random.PRNGKey(0), seeds)
     init = jax.jit(variants.init)
@@ -122,7 +128,7 @@ def run_group(configs, algorithm, schedules, seeds, chunk, greedy_episodes, grid
             greedy_at.append(min(i + chunk, length))
             greedy_returns.append(np.asarray(greedy(jax.random.fold_in(keys[0], i), states, greedy_episodes)))
         bar.update(piece.large.shape[1] * len(configs))
-    x = np.cumsum(schedules.count, axis=1)  # [S, M] trajectories per agent after each block
+    x = np.cumsum(schedules.count, axis=1)  # [S, M] trajectories per agent after each step
     returns = np.concatenate(returns, axis=2)
     out = {}
     for v, label in enumerate(configs):
@@ -177,7 +183,7 @@ def main(argv=None):
             raise ValueError(f"unknown environment {env_name!r}; known: {', '.join(PRESETS)}")
         preset = overrides(args, PRESETS[env_name])
         schedules = frl.sample_block_schedules(jax.random.PRNGKey(1), preset, args.max_trajectories, args.seeds,
-                                               args.chunk)
+                                               args.chunk, whole_iterations=args.steps == "iterations")
         grid = np.linspace(preset.large_batch, args.max_trajectories, 250)
         for algorithm in args.algorithms.split(","):
             configs = variants(args, preset, algorithm)
@@ -185,10 +191,10 @@ def main(argv=None):
             key = f"{env_name}/{algorithm}"
             results["figures"][key] = curves
             groups = frl.batch.group_by_shape(configs)
-            bar = tqdm(total=len(configs) * schedules.large.shape[1], desc=f"{env_name} {algorithm}", unit="block")
+            bar = tqdm(total=len(configs) * schedules.large.shape[1], desc=f"{env_name} {algorithm}", unit=args.steps[:-1])
             for group in groups:
                 runs, wall = run_group(group, algorithm, schedules, args.seeds, args.chunk, args.greedy_episodes,
-                                       grid, bar)
+                                       grid, bar, args.steps)
                 for label, (returns, greedy, diameter) in runs.items():
                     final = returns[:, -len(grid) // 10:].mean(1)
                     curves[label] = {"trajectories": grid, "mean": returns.mean(0), "std": returns.std(0),

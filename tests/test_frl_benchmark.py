@@ -55,4 +55,4 @@ def test_benchmark_rejects_nonsense_sizes():
     with pytest.raises(ValueError, match="seeds"):
         decbyzpg.parse_args(["--seeds", "0"])
     with pytest.raises(ValueError, match="chunk"):
-        decbyzpg.parse_args(["--chunk", "0"])
+        decbyzpg.parse_args(["--chunk", "-1"])

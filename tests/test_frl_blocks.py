@@ -36,11 +36,13 @@ def _coins(blocks, seed):
     return large[index == 0][: int(last.sum())]
 
 
-def _check_variants_equal_runs_on_coins(algorithm, configs):
-    schedules = frl.sample_block_schedules(jax.random.PRNGKey(1), BASE, 16, num_seeds=2)
+def _check_variants_equal_runs_on_coins(algorithm, configs, steps="blocks"):
+    schedules = frl.sample_block_schedules(jax.random.PRNGKey(1), BASE, 16, num_seeds=2,
+                                           whole_iterations=steps == "iterations")
     assert not np.array_equal(schedules.large[0], schedules.large[1])
     keys = jax.random.split(jax.random.PRNGKey(0), 2)
-    variants = batch.make_variants(configs, algorithm)
+    variants = batch.make_variants(configs, algorithm, steps=steps)
+    assert variants.steps == steps
     final, histories = jax.jit(variants.iterate)(jax.jit(variants.init)(keys, schedules), schedules)
     make = frl.make_decbyzpg if algorithm == "dec" else frl.make_byzpg
     for config, state, history in zip(configs.values(), final, histories):
@@ -54,21 +56,33 @@ def _check_variants_equal_runs_on_coins(algorithm, configs):
 
 
 @pytest.mark.slow  # about 50 s on 2 cores (four compiled programs); test_frl_benchmark covers the runner fast
-def test_variants_and_seeds_in_one_program_equal_runs_on_coins():
+@pytest.mark.parametrize("steps", ["blocks", "iterations"])
+def test_variants_and_seeds_in_one_program_equal_runs_on_coins(steps):
     """Two DecByzPG variants (plain averaging; median + MDA under LargeNoise with RandomAction) x two seeds with
-    different coins, as one vmapped program, end where each variant's run on each seed's own coins ends."""
+    different coins, as one program (seeds vmapped by blocks, or mapped by iterations), end where each variant's
+    run on each seed's own coins ends."""
     _check_variants_equal_runs_on_coins("dec", {
         "mean": BASE,
         "attacked": dataclasses.replace(BASE, num_byzantine=1, attack="large_noise", random_actions=True,
                                         aggregator="median", agreement="mda"),
-    })
+    }, steps)
 
 
 @pytest.mark.slow
-def test_byzpg_variant_in_one_program_equals_runs_on_coins():
+@pytest.mark.parametrize("steps", ["blocks", "iterations"])
+def test_byzpg_variant_in_one_program_equals_runs_on_coins(steps):
     """ByzPG's blocks sample at every worker; a small-batch block uses worker 0's as the server's samples."""
     _check_variants_equal_runs_on_coins("byz", {"attacked": dataclasses.replace(
-        BASE, num_byzantine=1, attack="large_noise", random_actions=True, aggregator="median")})
+        BASE, num_byzantine=1, attack="large_noise", random_actions=True, aggregator="median")}, steps)
+
+
+def test_steps_are_checked_and_follow_the_backend():
+    assert batch.default_steps() == "iterations"  # this suite runs on a CPU
+    with pytest.raises(ValueError, match="steps"):
+        batch.make_variants({"a": BASE}, steps="epochs")
+    schedule = frl.iteration_schedule(np.array([True, False]), BASE)
+    np.testing.assert_array_equal(schedule.count, [5, 2])
+    assert np.all(schedule.last) and not np.any(schedule.index)
 
 
 @pytest.mark.slow

@@ -6,8 +6,8 @@ library's run protocol. Byzantine agents send what any ``fedjax_attacks.attacks`
 (``attack="large_noise"``, ``"avg_zero"``, ``"alie"``, ``"ipm"``, ...); ``random_actions=True`` is RandomAction;
 ``BEHAVIOURS`` maps the paper's three behaviours to config changes. Runs follow coins (``sample_switches``, one
 iteration per step) or ``Blocks`` (``sample_block_schedules``: one block of ``B`` trajectories per step, so
-seeds with their own coins are one vmapped program). ``agreement`` has the averaging agreement
-rules (MDA, GDA).
+seeds with their own coins are one vmapped program); ``batch.make_variants`` runs a figure's variants and seeds
+together. ``agreement`` has the averaging agreement rules (MDA, GDA).
 """
 
 from fedjax_attacks.frl import agreement, base, batch, byzantine, config
@@ -21,6 +21,7 @@ from fedjax_attacks.frl.config import (
     ByzPGConfig,
     DecByzPGConfig,
     block_schedule,
+    iteration_schedule,
     sample_block_schedules,
     sample_switches,
     trajectories_per_iteration,
@@ -28,5 +29,5 @@ from fedjax_attacks.frl.config import (
 from fedjax_attacks.frl.decbyzpg import make_decbyzpg
 
 __all__ = ["ACROBOT", "Algorithm", "BEHAVIOURS", "Blocks", "ByzPGConfig", "CARTPOLE", "DecByzPGConfig", "State",
-           "agreement", "base", "batch", "block_schedule", "byzantine", "config", "make_byzpg", "make_decbyzpg",
-           "sample_block_schedules", "sample_switches", "trajectories_per_iteration"]
+           "agreement", "base", "batch", "block_schedule", "byzantine", "config", "iteration_schedule", "make_byzpg",
+           "make_decbyzpg", "sample_block_schedules", "sample_switches", "trajectories_per_iteration"]

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from fedjax_attacks import aggregators, attacks, sharding
-from fedjax_attacks.frl.config import Blocks, ByzPGConfig, check_switches
+from fedjax_attacks.frl.config import Blocks, ByzPGConfig, blocks_per_large_batch, check_switches
 from fedjax_attacks.rl import env as rl_env
 from fedjax_attacks.rl import policy_gradient as pg
 
@@ -138,7 +138,8 @@ def sample_blocks(inputs: BlockInputs, block: Blocks, policy, env, env_params, c
     the blocks of an iteration sum to the estimate on all ``N``). On a small-batch block: PAGE-PG's correction
     ``g_B(theta_t) - g_B^w(theta_{t-1})`` (``fedjax_attacks.rl.policy_gradient.page_pg_estimate`` less
     ``v_{t-1}``). Both are one backward pass of the same surrogate, with the importance-weighted term masked
-    out on large blocks, so a batch of samplers on different coins is one program.
+    out on large blocks, so a batch of samplers on different coins is one program. A ``block.large`` that is
+    the Python ``True`` (known at trace time, as on coins) skips the ``theta_{t-1}`` terms.
 
     Returns ``(estimates f32[m, d], summed undiscounted returns f32[m])``.
     """
@@ -157,6 +158,8 @@ def sample_blocks(inputs: BlockInputs, block: Blocks, policy, env, env_params, c
 def _block_estimate(policy, theta, theta_prev, traj, large, config: ByzPGConfig):
     scale = jnp.where(large, 1.0 / config.large_batch, 1.0 / config.small_batch)
     coef_now = pg.discounted_rewards_to_go(traj.rewards, config.gamma) * scale
+    if large is True:  # known at trace time (an iteration on coins): GPOMDP only, no theta_{t-1} pass
+        return pg.score_gradient(policy, theta, traj, coef_now)
     if config.importance_weights == "trajectory":  # as pg.page_pg_estimate
         coef_prev = coef_now * jnp.exp(pg.log_importance_weights(policy, theta, theta_prev, traj))
     else:
@@ -183,6 +186,18 @@ def _block_estimate(policy, theta, theta_prev, traj, large, config: ByzPGConfig)
 def block_keys(k_sample, num_samplers: int, index) -> jax.Array:
     """The samplers' keys for block ``index`` of an iteration: ``fold_in(split(k_sample, m)[i], index)``."""
     return jax.vmap(lambda k: jax.random.fold_in(k, index))(jax.random.split(k_sample, num_samplers))
+
+
+def sample_large_batch(inputs_of, policy, env, env_params, config: ByzPGConfig):
+    """All ``ceil(N / B)`` blocks of a large-batch iteration at once (vmapped over the block index, so one wide
+    rollout instead of one block after another): ``inputs_of(block) -> BlockInputs``. Returns the blocks'
+    summed ``(estimates f32[m, d], returns f32[m])``, what stepping block by block accumulates."""
+    def one(index):
+        block = Blocks(True, index, large_block_count(config, index), False)
+        return sample_blocks(inputs_of(block), block, policy, env, env_params, config)
+
+    estimates, returns = jax.vmap(one)(jnp.arange(blocks_per_large_batch(config)))
+    return jnp.sum(estimates, axis=0), jnp.sum(returns, axis=0)
 
 
 def large_block_count(config: ByzPGConfig, index):

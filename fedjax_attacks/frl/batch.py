@@ -5,7 +5,17 @@ Their expensive part, sampling trajectories and the GPOMDP / PAGE-PG estimates, 
 the variants share the environment, policy, ``K``, ``N``, ``B`` and ``H``: ``Variants`` stacks the variants'
 sampling inputs and runs ``base.sample_blocks`` once, vmapped over variants (and, outside, over seeds); each
 variant then absorbs its estimates with its own aggregation and agreement (distinct code, unrolled once at trace
-time). Steps are ``Blocks`` of ``B`` trajectories per agent, so seeds on different coins run in lockstep.
+time).
+
+Two ways to step, the same run up to float summation order (``make_variants(..., steps=)``):
+
+* ``"blocks"`` (the default on GPU and TPU): a step is a block of ``B`` trajectories per agent
+  (``sample_block_schedules``), so seeds on different coins run side by side under ``vmap`` and fill the
+  device; every block pays for both estimates (large and small batch), masked;
+* ``"iterations"`` (the default on CPU, which has no idle width to fill): a step is an iteration
+  (``sample_block_schedules(..., whole_iterations=True)``), seeds run one after another inside the program
+  (``lax.map``), each coin is a real branch, and a large batch's ``ceil(N / B)`` blocks are one wide rollout
+  with GPOMDP only: about half the work of the block steps on the CartPole preset.
 
 ``group_by_shape(configs)`` splits a figure's configurations into such groups (different ``K`` means different
 shapes: one program per ``K``).
@@ -19,7 +29,7 @@ import jax.numpy as jnp
 from fedjax_attacks import sharding
 from fedjax_attacks.frl import base
 from fedjax_attacks.frl.byzpg import make_byzpg
-from fedjax_attacks.frl.config import ByzPGConfig
+from fedjax_attacks.frl.config import Blocks, ByzPGConfig, blocks_per_large_batch
 from fedjax_attacks.frl.decbyzpg import make_decbyzpg
 
 # The fields that fix the shapes of the sampling step; variants may differ in every other field.
@@ -53,19 +63,37 @@ class Variants(NamedTuple):
     init: Callable
     iterate: Callable
     greedy: Callable
+    steps: str
+
+
+STEPS = ("blocks", "iterations")
+
+
+def default_steps() -> str:
+    """``"iterations"`` on a CPU backend, ``"blocks"`` on GPU and TPU (chosen from ``jax.default_backend()``)."""
+    return "iterations" if jax.default_backend() == "cpu" else "blocks"
 
 
 def make_variants(configs: Dict[str, ByzPGConfig], algorithm: str = "dec", env=None, env_params=None, *,
-                  mesh=None) -> Variants:
+                  mesh=None, steps: str | None = None) -> Variants:
     """Builds the variants ``{label: config}`` (one shape group, ``group_by_shape``) of ``algorithm``: ``"dec"``
     (DecByzPG) or ``"byz"`` (ByzPG). ``mesh`` (optional) shards agents over ``"agents"`` and, if it has a
-    ``"seeds"`` axis, seeds over it.
+    ``"seeds"`` axis, seeds over it (``"blocks"`` steps only). ``steps``: ``"blocks"`` or ``"iterations"`` (see
+    the module docstring; None = ``default_steps()``); the schedules must match it.
 
     Raises:
-      ValueError: an unknown algorithm, configurations of different shapes, or a mesh axis that does not divide.
+      ValueError: an unknown algorithm or steps, configurations of different shapes, a mesh axis that does not
+        divide, or a seeds axis with ``"iterations"``.
     """
     if algorithm not in ("dec", "byz"):
         raise ValueError(f"algorithm must be 'dec' (DecByzPG) or 'byz' (ByzPG), got {algorithm!r}")
+    seeds_mesh = mesh if mesh is not None and sharding.SEEDS in mesh.axis_names else None
+    if steps is None:
+        steps = "blocks" if seeds_mesh is not None else default_steps()
+    if steps not in STEPS:
+        raise ValueError(f"steps must be one of {STEPS} or None, got {steps!r}")
+    if steps == "iterations" and seeds_mesh is not None:
+        raise ValueError('a "seeds" mesh axis needs steps="blocks" (seeds side by side)')
     if not configs:
         raise ValueError("make_variants needs at least one configuration")
     keys = {shape_key(c) for c in configs.values()}
@@ -77,27 +105,47 @@ def make_variants(configs: Dict[str, ByzPGConfig], algorithm: str = "dec", env=N
     algorithms = tuple(make(c, env, env_params, mesh=agent_mesh) for c in configs.values())
     first = next(iter(configs.values()))
     env, env_params, policy = base.make_env_and_policy(first, env, env_params)
-    seeds_mesh = mesh if mesh is not None and sharding.SEEDS in mesh.axis_names else None
     K = first.num_agents
     any_random = any(c.random_actions for c in configs.values())
 
-    def block_step(states, block):
+    def sample(states, block):
+        """Every variant's block, sampled as one program: estimates f32[V, K, d], returns f32[V, K]."""
         inputs = [alg.block_inputs(s, block) for alg, s in zip(algorithms, states)]
         random = [jnp.zeros((K,), bool) if i.random_actions is False else i.random_actions for i in inputs]
         stacked = base.BlockInputs(*(jnp.stack(x) for x in zip(*[i[:3] for i in inputs])),
                                    jnp.stack(random) if any_random else False)  # False: no uniform sampling
         axes = base.BlockInputs(0, 0, 0, 0 if any_random else None)
-        estimates, returns = jax.vmap(base.sample_blocks, in_axes=(axes, None, None, None, None, None))(
+        return jax.vmap(base.sample_blocks, in_axes=(axes, None, None, None, None, None))(
             stacked, block, policy, env, env_params, first)
+
+    def absorb(states, block, estimates, returns):
         out = [alg.absorb(s, block, e, r) for alg, s, e, r in zip(algorithms, states, estimates, returns)]
         return tuple(o[0] for o in out), tuple(o[1] for o in out)
+
+    def block_step(states, block):
+        return absorb(states, block, *sample(states, block))
+
+    def iteration_step(states, step):
+        """One iteration of every variant: ``ceil(N / B)`` blocks as one wide rollout, or one small block."""
+        def large(states):
+            def one(index):
+                return sample(states, Blocks(True, index, base.large_block_count(first, index), False))
+
+            estimates, returns = jax.vmap(one)(jnp.arange(blocks_per_large_batch(first)))
+            merged = Blocks(True, 0, first.large_batch, True)
+            return absorb(states, merged, jnp.sum(estimates, axis=0), jnp.sum(returns, axis=0))
+
+        def small(states):
+            return block_step(states, Blocks(False, 0, first.small_batch, True))
+
+        return jax.lax.cond(step.large, large, small, states)
 
     def init_one(key, schedule):
         return tuple(alg.init(key, schedule) for alg in algorithms)  # common random numbers across variants
 
     def iterate_one(states, schedule):
         states = tuple(s.replace(switches=schedule) for s in states)
-        return jax.lax.scan(block_step, states, base.as_schedule(schedule))
+        return jax.lax.scan(block_step if steps == "blocks" else iteration_step, states, base.as_schedule(schedule))
 
     honest_from = {label: c.num_byzantine if algorithm == "dec" and not c.resample_byzantine else 0
                    for label, c in configs.items()}
@@ -110,6 +158,8 @@ def make_variants(configs: Dict[str, ByzPGConfig], algorithm: str = "dec", env=N
         return jnp.stack(out)
 
     def over_seeds(fn):
+        if steps == "iterations":  # one seed after another: each coin stays a branch
+            return lambda *args: jax.lax.map(lambda a: fn(*a), args)
         if seeds_mesh is None:
             return jax.vmap(fn)
 
@@ -126,4 +176,4 @@ def make_variants(configs: Dict[str, ByzPGConfig], algorithm: str = "dec", env=N
         seeds = jax.tree_util.tree_leaves(states)[0].shape[0]
         return jax.vmap(lambda k, s: greedy_one(k, s, num_episodes))(jax.random.split(key, seeds), states).T
 
-    return Variants(tuple(configs), algorithms, over_seeds(init_one), over_seeds(iterate_one), greedy)
+    return Variants(tuple(configs), algorithms, over_seeds(init_one), over_seeds(iterate_one), greedy, steps)

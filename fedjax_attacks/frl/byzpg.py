@@ -24,7 +24,7 @@ from fedjax_attacks import sharding
 from fedjax_attacks.frl import base
 from fedjax_attacks.frl import byzantine as byz
 from fedjax_attacks.frl.base import Algorithm, BlockInputs, State
-from fedjax_attacks.frl.config import Blocks, ByzPGConfig, blocks_per_large_batch
+from fedjax_attacks.frl.config import Blocks, ByzPGConfig
 
 
 def make_byzpg(config: ByzPGConfig, env=None, env_params=None, *, mesh=None) -> Algorithm:
@@ -122,19 +122,18 @@ def make_byzpg(config: ByzPGConfig, env=None, env_params=None, *, mesh=None) -> 
         return absorb(state, block, *base.sample_blocks(inputs, block, policy, env, env_params, config))
 
     def iteration_step(state, switch):
-        """One iteration on coin ``switch``: the workers' ``ceil(N / B)`` blocks, or the server's one block."""
+        """One iteration on coin ``switch``: the workers' ``ceil(N / B)`` blocks at once (one wide rollout), or
+        the server's one block."""
         def large(s):
-            num_blocks = blocks_per_large_batch(config)
-
-            def body(j, s):
-                return add_block(s, Blocks(True, j, base.large_block_count(config, j), j == num_blocks - 1))
-
-            return jax.lax.fori_loop(0, num_blocks, body, s)
+            estimates, returns = base.sample_large_batch(lambda block: block_inputs(s, block), policy, env,
+                                                         env_params, config)
+            return finish(s.replace(partial=s.partial + estimates, partial_returns=s.partial_returns + returns),
+                          True)
 
         def small(s):
-            return add_block(s, Blocks(False, 0, config.small_batch, True), samplers=1)
+            return finish(add_block(s, Blocks(False, 0, config.small_batch, True), samplers=1), False)
 
-        state, history = finish(jax.lax.cond(switch, large, small, state), switch)
+        state, history = jax.lax.cond(switch, large, small, state)
         return state.replace(cursor=state.cursor + 1), history
 
     def step(state):

@@ -238,13 +238,23 @@ def block_schedule(switches, config: ByzPGConfig) -> Blocks:
     return Blocks(large, index, count, last)
 
 
+def iteration_schedule(switches, config: ByzPGConfig) -> Blocks:
+    """The iterations of coins ``switches`` as ``Blocks`` (numpy, [T]) of one step each: ``index`` 0, ``count``
+    ``N`` or ``B``, ``last`` set (what ``frl.batch.make_variants(..., steps="iterations")`` follows)."""
+    coins = check_switches(switches)
+    count = np.where(coins, config.large_batch, config.small_batch).astype(np.int32)
+    return Blocks(coins, np.zeros(coins.shape, np.int32), count, np.ones(coins.shape, bool))
+
+
 def sample_block_schedules(key, config: ByzPGConfig, max_trajectories: int, num_seeds: int,
-                           multiple_of: int = 1) -> Blocks:
+                           multiple_of: int = 1, whole_iterations: bool = False) -> Blocks:
     """One coin sequence ``c_t ~ Bernoulli(p)`` (``c_0 = 1``) per seed, as ``Blocks`` of shape [S, M].
 
-    Seed ``s`` draws its coins from ``fold_in(key, s)``. ``M`` is the fewest blocks with which every seed
+    Seed ``s`` draws its coins from ``fold_in(key, s)``. ``M`` is the fewest steps with which every seed
     reaches ``max_trajectories`` per agent, rounded up to a multiple of ``multiple_of``; a seed's schedule is
-    cut there (possibly inside a large-batch iteration, which then never steps).
+    cut there (possibly inside a large-batch iteration, which then never steps). A step is a block of ``B``
+    trajectories (``block_schedule``) or, with ``whole_iterations``, an iteration (``iteration_schedule``): the
+    same coins either way.
     """
     max_trajectories = _check_int("max_trajectories", max_trajectories)
     num_seeds = _check_int("num_seeds", num_seeds)
@@ -256,7 +266,7 @@ def sample_block_schedules(key, config: ByzPGConfig, max_trajectories: int, num_
     for seed in range(num_seeds):  # host-side numpy: the coins, not the run
         coins = np.array(jax.random.bernoulli(jax.random.fold_in(key, seed), config.switch_prob, (upper,)))
         coins[0] = True
-        schedules.append(block_schedule(coins, config))
+        schedules.append((iteration_schedule if whole_iterations else block_schedule)(coins, config))
     needed = max(int(np.searchsorted(np.cumsum(s.count), max_trajectories)) + 1 for s in schedules)
     length = -(-needed // multiple_of) * multiple_of
     return Blocks(*(np.stack([a[:length] for a in arrays]) for arrays in zip(*schedules)))

@@ -36,7 +36,7 @@ from fedjax_attacks.frl import agreement as agr
 from fedjax_attacks.frl import base
 from fedjax_attacks.frl import byzantine as byz
 from fedjax_attacks.frl.base import Algorithm, BlockInputs, State
-from fedjax_attacks.frl.config import Blocks, DecByzPGConfig, blocks_per_large_batch
+from fedjax_attacks.frl.config import Blocks, DecByzPGConfig
 
 
 def make_decbyzpg(config: DecByzPGConfig, env=None, env_params=None, *, mesh=None) -> Algorithm:
@@ -140,14 +140,18 @@ def make_decbyzpg(config: DecByzPGConfig, env=None, env_params=None, *, mesh=Non
         return absorb(state, block, *base.sample_blocks(inputs, block, policy, env, env_params, config))
 
     def iteration_step(state, switch):
-        """One iteration on coin ``switch``: its blocks (``ceil(N / B)`` or 1), then ``finish``."""
-        num_blocks = jnp.where(switch, blocks_per_large_batch(config), 1)
+        """One iteration on coin ``switch``: its ``ceil(N / B)`` blocks at once (one wide rollout) or its one
+        block, then ``finish``."""
+        def large(s):
+            estimates, returns = base.sample_large_batch(lambda block: block_inputs(s, block), policy, env,
+                                                         env_params, config)
+            s = s.replace(partial=on_agents(s.partial + estimates), partial_returns=s.partial_returns + returns)
+            return finish(s, True)
 
-        def body(j, s):
-            count = jnp.where(switch, base.large_block_count(config, j), config.small_batch)
-            return add_block(s, Blocks(switch, j, count, j == num_blocks - 1))
+        def small(s):
+            return finish(add_block(s, Blocks(False, 0, config.small_batch, True)), False)
 
-        state, history = finish(jax.lax.fori_loop(0, num_blocks, body, state), switch)
+        state, history = jax.lax.cond(switch, large, small, state)
         return state.replace(cursor=state.cursor + 1), history
 
     def step(state):
