@@ -4,14 +4,20 @@ FedSGD with K=10,000 clients, w=1,000 sampled per round, the seed paper's MNIST 
 28x28x1 images (B per client, so every client holds exactly one batch), under mean, median, Krum (f = w/10) and the
 clipped median; the sampled clients' updates are split over the mesh's ``"clients"`` axis
 (``fl.make_run(..., mesh=sharding.make_mesh(clients=n))``). ``--skip-run`` only compiles (the memory figures need
-no run: a CPU takes minutes per round at w=1,000, since XLA's CPU backend is slow at per-client convolution
-gradients); ``--quick`` uses small K and w and an MLP. Each device count runs in its own process, because
-``XLA_FLAGS=--xla_force_host_platform_device_count=n`` must be set before jax is imported: on a CPU host the n
-devices are forced host devices sharing the same cores (so rounds/s measures overhead, not a speed-up; memory per
-device is what shrinks); on a GPU/TPU host they are the real accelerators. Peak memory per device is XLA's
+no run: a CPU takes minutes per round at w=1,000, about 430 CPU-s on one forced device, since XLA's CPU backend
+is slow at per-client convolution gradients); ``--quick`` uses small K and w and an MLP. Each device count runs in
+its own process, because ``XLA_FLAGS=--xla_force_host_platform_device_count=n`` must be set before jax is imported:
+on a CPU host the n devices are forced host devices sharing the same cores (so rounds/s is no hardware speed-up:
+memory per device is what shrinks; the total CPU-seconds still fell, 135 on 4 devices against 434 on 1 per round at
+w=1,000, because XLA's CPU convolution over a vmapped client axis costs more per client the more clients one
+device holds); on a GPU/TPU host they are the real accelerators. Peak memory per device is XLA's
 compiled-memory analysis (arguments + outputs + temporaries - aliased; the dataset, a constant of the program,
 adds K * B * 3.1 kB on every device and is counted in the memory model). The memory model: bytes per sampled client
-(the slope between w and w/2, measured) and the data's bytes per client (K).
+(the slope between w and w/2, measured) and the data's bytes per client (K). The median and the clipped median
+take their order statistics with the library's default (``--order-method default``): XLA's sort on GPU/TPU and,
+on a CPU, above 128 clients (the unrolled sorting network has O(w log^2 w) comparators: at w=1,000 compiling it
+took over 22 GB of host memory, at w=400 8.7 GB and 160 s). Every record also carries the process CPU seconds and the load
+average, and is appended to ``records.jsonl`` as it arrives (a crash keeps the finished rows).
 The sweep: ``fl.make_attack_sweep(..., mesh=make_mesh(seeds=n))`` on digits (MLP, K=100, w=10), seeds per second.
 Writes ``results.json`` and ``scaling.png``.
 """
@@ -50,6 +56,9 @@ def main(argv=None):
     p.add_argument("--skip-run", action="store_true", help="compile only: memory figures, no rounds/s")
     p.add_argument("--sweep-seeds", type=int, help="seeds of the sweep (8; quick 4)")
     p.add_argument("--sweep-rounds", type=int, help="rounds of the sweep (100; quick 20)")
+    p.add_argument("--order-method", choices=("sort", "network", "default"), default="default",
+                   help="order statistics of median / clipped_median: XLA's sort, the sorting network, or the "
+                        "library's backend default (default: %(default)s)")
     p.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)  # internal: one device count
     args = p.parse_args(argv)
     for name, (full, quick) in sizes.items():
@@ -68,9 +77,13 @@ def main(argv=None):
     config = {k: v for k, v in vars(args).items() if k not in ("worker", "out")}
     rows, sweeps, skipped = [], [], []
     start = time.perf_counter()
-    with tqdm(total=len(counts) * (len(aggregator_names) + 1), desc="scaling", unit="run") as bar:
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "records.jsonl"), "w") as partial, \
+            tqdm(total=len(counts) * (len(aggregator_names) + 1), desc="scaling", unit="run") as bar:
         for n in counts:
             for record in run_worker(n, argv if argv is not None else sys.argv[1:]):
+                partial.write(json.dumps(record) + "\n")
+                partial.flush()
                 if record["kind"] == "fl":
                     rows.append(record)
                     bar.set_postfix(devices=n, aggregator=record["aggregator"])
@@ -87,7 +100,8 @@ def main(argv=None):
     path = write_results(args.out, results)
     plot(rows, sweeps, os.path.join(args.out, "scaling.png"))
     for r in rows:
-        speed = "not run" if r["rounds_per_s"] is None else f"{r['rounds_per_s']:.3g} rounds/s"
+        speed = ("not run" if r["rounds_per_s"] is None else
+                 f"{r['rounds_per_s']:.3g} rounds/s ({r['run_cpu_s'] / r['rounds']:.3g} CPU-s per round)")
         print(f"{r['devices']} device(s) {r['aggregator']:>15}: {speed}, "
               f"peak {r['peak_bytes_per_device'] / GB:.3f} GB per device (compile {r['compile_s']:.1f} s)")
     for s in sweeps:
@@ -127,22 +141,27 @@ def worker(args):
 
     def fl_config(aggregator, clients_per_round):
         hparams = {"num_byzantine": max(1, clients_per_round // 10)} if aggregator == "krum" else {}
+        if aggregator in ("median", "clipped_median") and args.order_method != "default":
+            hparams = {"method": args.order_method}
         return fl.FLConfig(num_clients=K, num_malicious=0, clients_per_round=clients_per_round, batch_size=B,
                            rounds=R, eval_every=R, aggregator=aggregator, aggregator_hparams=hparams, unroll=R,
                            partition="iid")
 
     for name in args.aggregators.split(","):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         compiled = jax.jit(fl.make_run(fl_config(name, w), dataset, model, mesh=mesh)).lower(key).compile()
-        compile_s = time.perf_counter() - start
-        run_s = None
+        compile_s, compile_cpu_s = time.perf_counter() - start, time.process_time() - cpu
+        run_s = run_cpu_s = None
+        load = os.getloadavg()[0]
         if not args.skip_run:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             jax.block_until_ready(compiled(key))
-            run_s = time.perf_counter() - start
+            run_s, run_cpu_s = time.perf_counter() - start, time.process_time() - cpu
         record = {"kind": "fl", "devices": n, "aggregator": name, "model": args.model, "num_clients": K,
                   "clients_per_round": w, "batch_size": B, "rounds": R, "dim": int(model.num_params),
                   "compile_s": compile_s, "run_s": run_s, "rounds_per_s": None if run_s is None else R / run_s,
+                  "compile_cpu_s": compile_cpu_s, "run_cpu_s": run_cpu_s, "load_average_1min": load,
+                  "aggregator_hparams": dict(fl_config(name, w).aggregator_hparams),
                   **memory(compiled),
                   "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                   "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind}
@@ -165,11 +184,12 @@ def sweep_one(args, n):
     start = time.perf_counter()
     jax.block_until_ready(sweep(keys, 1))
     compile_s = time.perf_counter() - start
-    start = time.perf_counter()
+    start, cpu, load = time.perf_counter(), time.process_time(), os.getloadavg()[0]
     history = jax.block_until_ready(sweep(jax.random.split(jax.random.PRNGKey(1), args.sweep_seeds), 1))
-    run_s = time.perf_counter() - start
+    run_s, run_cpu_s = time.perf_counter() - start, time.process_time() - cpu
     emit({"kind": "sweep", "devices": n, "num_seeds": args.sweep_seeds, "rounds": args.sweep_rounds,
-          "compile_s": compile_s, "run_s": run_s, "seeds_per_s": args.sweep_seeds / run_s,
+          "compile_s": compile_s, "run_s": run_s, "run_cpu_s": run_cpu_s, "load_average_1min": load,
+          "seeds_per_s": args.sweep_seeds / run_s,
           "final_accuracy": np.asarray(history.test_accuracy[:, -1]).tolist()})
 
 
