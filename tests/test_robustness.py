@@ -265,3 +265,24 @@ def test_bucketing_drops_non_finite_rows_from_their_bucket():
     for b in range(1, 4):
         rows = [r for r in perm[3 * b:3 * b + 3] if r not in bad]
         np.testing.assert_allclose(got[b], x[rows].mean(0), rtol=1e-6)
+
+
+def test_nnm_mixes_finite_rows_only():
+    """Finite rows mix their finite nearest neighbours (NumPy, on data at 50); a NaN / Inf row becomes the mean of
+    those mixes, so nothing is pulled towards zero."""
+    rng = np.random.default_rng(6)
+    x = (rng.normal(size=(9, 4)) + 50).astype(np.float32)
+    bad = [2, 7]
+    x[2], x[7] = np.nan, np.inf
+    f = 3
+    got = np.asarray(jax.jit(lambda u: aggregators.nnm(f)(u))(jnp.asarray(x)))
+    good = [i for i in range(9) if i not in bad]
+    sq = lambda i, j: float(np.sum((x[i].astype(np.float64) - x[j]) ** 2)) if i in good and j in good else np.inf
+    mixes = {}
+    for i in good:
+        nearest = sorted(range(9), key=lambda j: (sq(i, j), j))[:9 - f]
+        mixes[i] = x[[j for j in nearest if j in good]].mean(0)
+        np.testing.assert_allclose(got[i], mixes[i], rtol=1e-6)
+    for i in bad:
+        np.testing.assert_allclose(got[i], np.mean([mixes[i] for i in good], axis=0), rtol=1e-6)
+    assert np.all(got >= x[good].min(0) - 1e-4) and np.all(got <= x[good].max(0) + 1e-4)

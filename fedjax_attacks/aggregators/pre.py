@@ -36,7 +36,8 @@ def norm_clip(max_norm: float = 2.0) -> Aggregator:
         check_updates(updates, "norm_clip")
         norms2 = sq_norms(updates)
         good = jnp.isfinite(norms2)
-        scale = jnp.minimum(1.0, max_norm / jnp.sqrt(jnp.where(good & (norms2 > 0), norms2, 1)))
+        positive = good & (norms2 > 0)  # a nonzero row whose squared norm underflows to 0 is kept, not scaled by C
+        scale = jnp.where(positive, jnp.minimum(1.0, max_norm / jnp.sqrt(jnp.where(positive, norms2, 1))), 1.0)
         return jnp.where(good[:, None], updates * scale[:, None], 0)
 
     return stateless(transform, name="norm_clip", pre=True)
@@ -81,8 +82,9 @@ def median_of_kept_rows(updates, keep):
 def nnm(num_byzantine: int = 1, aggregator=None, **aggregator_hparams) -> Aggregator:
     """Nearest-neighbour mixing: replace each ``x_i`` by the mean of its ``n - f`` nearest updates (itself
     included; lowest index first on ties) -> ``f32[n, d]``. With ``aggregator`` (a rule or a registry name, built
-    with ``aggregator_hparams``), returns ``chain(nnm, aggregator)``. A non-finite row is nobody's neighbour and is
-    replaced by a mix of zeros and the lowest-index rows.
+    with ``aggregator_hparams``), returns ``chain(nnm, aggregator)``. A non-finite (or overflowing) row is nobody's
+    neighbour: a row mixes only the finite rows among its ``n - f`` nearest, and a non-finite row is replaced by the
+    mean of the finite rows' mixes (NaN when no row is finite).
     """
     f = check_int(num_byzantine, "nnm: num_byzantine", 0)
 
@@ -91,9 +93,13 @@ def nnm(num_byzantine: int = 1, aggregator=None, **aggregator_hparams) -> Aggreg
         n, _ = check_updates(updates, "nnm")
         if f >= n:
             raise ValueError(f"nnm needs f < n, got n={n}, f={f}")
+        good = finite_rows(updates)
         neighbours = lax.top_k(-pairwise_sq_dists(updates), n - f)[1]
-        mixing = jnp.zeros((n, n), updates.dtype).at[jnp.arange(n)[:, None], neighbours].set(1.0 / (n - f))
-        return hdot(mixing, jnp.where(finite_rows(updates)[:, None], updates, 0))
+        chosen = jnp.zeros((n, n), updates.dtype).at[jnp.arange(n)[:, None], neighbours].set(1.0) * good[None, :]
+        counts = jnp.sum(chosen, axis=1, keepdims=True)
+        mixes = hdot(chosen / jnp.maximum(counts, 1), jnp.where(good[:, None], updates, 0))
+        stand_in = jnp.sum(jnp.where(good[:, None], mixes, 0), axis=0) / jnp.sum(good)  # NaN if no row is finite
+        return jnp.where(good[:, None], mixes, stand_in)
 
     return _maybe_chain(stateless(transform, name="nnm", pre=True), aggregator, aggregator_hparams)
 
