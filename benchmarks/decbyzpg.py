@@ -11,7 +11,9 @@ algorithm (``dec`` = DecByzPG against Dec-PAGE-PG, ``byz`` = ByzPG against Fed-P
 All seeds, each with its own coins, and all variants with the same shapes (the same K) run as one jitted
 program (``fedjax_attacks.frl.batch``), in chunks of steps: blocks of B trajectories per agent with the seeds
 side by side (``--steps blocks``, the default on GPU/TPU), or whole iterations with the seeds one after another
-(``--steps iterations``, the default on CPU, about half the work). The x axis is
+(``--steps iterations``, the default on CPU, about half the work). With several devices the seeds are split over
+them (``--seed-devices``; on a CPU, forced host devices put every core to work:
+``XLA_FLAGS=--xla_force_host_platform_device_count=2 python -m benchmarks.decbyzpg``). The x axis is
 trajectories per agent, the y axis the honest agents' average return of the sampled (training) episodes (mean
 and std over seeds); the greedy policy's return (argmax action) is evaluated at every chunk beside it.
 
@@ -32,7 +34,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from fedjax_attacks import frl  # noqa: E402
+from fedjax_attacks import frl, sharding  # noqa: E402
 
 PRESETS = {"CartPole-v1": frl.CARTPOLE, "Acrobot-v1": frl.ACROBOT}
 BEHAVIOURS = ("random_action", "large_noise", "avg_zero")
@@ -58,6 +60,8 @@ def parse_args(argv=None):
     p.add_argument("--learning-rate", type=float, default=0.0, help="override the Adam step size (0 = keep)")
     p.add_argument("--steps", choices=frl.batch.STEPS, default=frl.batch.default_steps(),
                    help="what one step of the program is (default on this backend: %(default)s)")
+    p.add_argument("--seed-devices", type=int, default=0,
+                   help="split the seeds over this many devices (0 = every device, if their number divides --seeds)")
     p.add_argument("--chunk", type=int, default=0,
                    help="steps per jitted call, between greedy evaluations (0 = 64 blocks or 16 iterations)")
     p.add_argument("--greedy-episodes", type=int, default=2,
@@ -73,6 +77,8 @@ def parse_args(argv=None):
         args.seeds, args.max_trajectories, args.agents, args.num_byzantine = 2, 40, "1,4", 1
         args.horizon, args.large_batch, args.chunk = 40, 8, 4
     args.chunk = args.chunk or (64 if args.steps == "blocks" else 16)
+    if args.seed_devices < 0:
+        raise ValueError(f"--seed-devices must be >= 0, got {args.seed_devices}")
     for name in ("seeds", "max_trajectories", "chunk"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -105,13 +111,13 @@ def variants(args, preset, algorithm):
     return out
 
 
-def run_group(configs, algorithm, schedules, seeds, chunk, greedy_episodes, grid, bar, steps):
+def run_group(configs, algorithm, schedules, seeds, chunk, greedy_episodes, grid, bar, steps, mesh=None):
     """All seeds of the variants ``{label: config}`` (one shape) in one jitted program.
 
     Returns ``{label: (returns f32[S, P], greedy f32[S, P] or None, final diameter f32[S])}`` on ``grid`` and
     the wall seconds. Each seed's curve is interpolated from its own trajectory counts onto ``grid``.
     """
-    variants = frl.batch.make_variants(configs, algorithm, steps=steps)
+    variants = frl.batch.make_variants(configs, algorithm, steps=steps, mesh=mesh)
     start = time.perf_counter()
     keys = jax.random.split(jax.random.PRNGKey(0), seeds)
     init = jax.jit(variants.init)
@@ -141,6 +147,13 @@ def run_group(configs, algorithm, schedules, seeds, chunk, greedy_episodes, grid
         diameter = np.asarray(histories[v]["diameter"])[:, -1]
         out[label] = (curve, greedy_curve, diameter)
     return out, time.perf_counter() - start
+
+
+def seed_mesh(args):
+    """A ``"seeds"`` mesh over ``--seed-devices`` devices (every device when 0 and their number divides the
+    seeds), or None for one device."""
+    n = args.seed_devices or (jax.device_count() if args.seeds % jax.device_count() == 0 else 1)
+    return sharding.make_mesh(seeds=n) if n > 1 else None
 
 
 def plot(path, title, curves, labels, max_trajectories):
@@ -194,7 +207,7 @@ def main(argv=None):
             bar = tqdm(total=len(configs) * schedules.large.shape[1], desc=f"{env_name} {algorithm}", unit=args.steps[:-1])
             for group in groups:
                 runs, wall = run_group(group, algorithm, schedules, args.seeds, args.chunk, args.greedy_episodes,
-                                       grid, bar, args.steps)
+                                       grid, bar, args.steps, seed_mesh(args))
                 for label, (returns, greedy, diameter) in runs.items():
                     final = returns[:, -len(grid) // 10:].mean(1)
                     curves[label] = {"trajectories": grid, "mean": returns.mean(0), "std": returns.std(0),

@@ -41,14 +41,25 @@ SCRIPT = textwrap.dedent("""
 
     if sys.argv[1] == "figure":  # seeds over "seeds" and agents over "agents" in the figure runner (2 x 2)
         grid = Mesh(np.array(jax.devices()).reshape(2, 2), ("seeds", "agents"))
-        schedules = frl.sample_block_schedules(jax.random.PRNGKey(1), config, 8, num_seeds=2)
         keys = jax.random.split(key, 2)
-        outs = []
-        for mesh in (None, grid):
-            variants = frl.batch.make_variants({"robust": config}, "dec", mesh=mesh)
-            outs.append(jax.jit(variants.iterate)(jax.jit(variants.init)(keys, schedules), schedules)[0][0].theta)
-        assert len(outs[1].sharding.device_set) == 4, outs[1].sharding
-        np.testing.assert_allclose(np.asarray(outs[1]), np.asarray(outs[0]), rtol=1e-5, atol=1e-6)
+        seeds_only = Mesh(np.array(jax.devices()[:2]), ("seeds",))
+        for steps, split in (("blocks", grid), ("iterations", seeds_only)):  # vmapped; or each device maps its share
+            schedules = frl.sample_block_schedules(jax.random.PRNGKey(1), config, 8, num_seeds=2,
+                                                   whole_iterations=steps == "iterations")
+            outs = []
+            for mesh in (None, split):
+                variants = frl.batch.make_variants({"robust": config}, "dec", mesh=mesh, steps=steps)
+                init, iterate = jax.jit(variants.init), jax.jit(variants.iterate)
+                outs.append(iterate(init(keys, schedules), schedules)[0][0].theta)
+            assert len(outs[1].sharding.device_set) == split.size, (steps, outs[1].sharding)
+            np.testing.assert_allclose(np.asarray(outs[1]), np.asarray(outs[0]), rtol=1e-5, atol=1e-6)
+
+        try:
+            frl.batch.make_variants({"robust": config}, "dec", mesh=grid, steps="iterations")
+        except ValueError as err:
+            assert "blocks" in str(err), err
+        else:
+            raise AssertionError("iterations over a seeds x agents mesh was accepted")
 
     try:
         frl.make_decbyzpg(dataclasses.replace(config, num_agents=3), mesh=agents)

@@ -78,22 +78,24 @@ def make_variants(configs: Dict[str, ByzPGConfig], algorithm: str = "dec", env=N
                   mesh=None, steps: str | None = None) -> Variants:
     """Builds the variants ``{label: config}`` (one shape group, ``group_by_shape``) of ``algorithm``: ``"dec"``
     (DecByzPG) or ``"byz"`` (ByzPG). ``mesh`` (optional) shards agents over ``"agents"`` and, if it has a
-    ``"seeds"`` axis, seeds over it (``"blocks"`` steps only). ``steps``: ``"blocks"`` or ``"iterations"`` (see
-    the module docstring; None = ``default_steps()``); the schedules must match it.
+    ``"seeds"`` axis, seeds over it (with ``"iterations"``, each device maps its share of the seeds: on a CPU,
+    forced host devices put every core to work). ``steps``: ``"blocks"`` or ``"iterations"`` (see the module
+    docstring; None = ``default_steps()``); the schedules must match it.
 
     Raises:
       ValueError: an unknown algorithm or steps, configurations of different shapes, a mesh axis that does not
-        divide, or a seeds axis with ``"iterations"``.
+        divide, or ``"iterations"`` with both a seeds and an agents axis.
     """
     if algorithm not in ("dec", "byz"):
         raise ValueError(f"algorithm must be 'dec' (DecByzPG) or 'byz' (ByzPG), got {algorithm!r}")
     seeds_mesh = mesh if mesh is not None and sharding.SEEDS in mesh.axis_names else None
     if steps is None:
-        steps = "blocks" if seeds_mesh is not None else default_steps()
+        steps = default_steps()
     if steps not in STEPS:
         raise ValueError(f"steps must be one of {STEPS} or None, got {steps!r}")
-    if steps == "iterations" and seeds_mesh is not None:
-        raise ValueError('a "seeds" mesh axis needs steps="blocks" (seeds side by side)')
+    if steps == "iterations" and seeds_mesh is not None and sharding.AGENTS in mesh.axis_names:
+        raise ValueError('steps="iterations" splits seeds over "seeds" only; a mesh with "seeds" and "agents" '
+                         'needs steps="blocks"')
     if not configs:
         raise ValueError("make_variants needs at least one configuration")
     keys = {shape_key(c) for c in configs.values()}
@@ -158,8 +160,17 @@ def make_variants(configs: Dict[str, ByzPGConfig], algorithm: str = "dec", env=N
         return jnp.stack(out)
 
     def over_seeds(fn):
-        if steps == "iterations":  # one seed after another: each coin stays a branch
-            return lambda *args: jax.lax.map(lambda a: fn(*a), args)
+        if steps == "iterations":  # one seed after another (each device its share): each coin stays a branch
+            mapped = lambda *args: jax.lax.map(lambda a: fn(*a), args)
+            if seeds_mesh is None:
+                return mapped
+
+            def sharded(*args):
+                sharding.check_divides(seeds_mesh, sharding.SEEDS, jax.tree_util.tree_leaves(args)[0].shape[0],
+                                       "number of seeds S")
+                return sharding.map_shards(mapped, seeds_mesh, sharding.SEEDS, [True] * len(args))(*args)
+
+            return sharded
         if seeds_mesh is None:
             return jax.vmap(fn)
 
