@@ -48,24 +48,32 @@ MODULES = {
     "aggregators/reweighting.py": ["tests/test_aggregators.py::-k geometric_median_and or (non_finite_rows and "
                                    "(geometric or fltrust or centered))",
                                    "tests/test_strengthened_aggregators.py::-k geometric or fltrust or centered"],
-    "aggregators/pre.py": ["tests/test_aggregators.py::-k norm_clip_and or bucketing_matches or nnm_mda"],
+    "aggregators/pre.py": ["tests/test_mutation_kills_aggregators.py",
+                           "tests/test_aggregators.py::-k norm_clip_and or bucketing_matches or nnm_mda",
+                           "tests/test_robustness.py::-k clipped_median_drops or bucketing_drops or nnm"],
     "attacks/baselines.py": ["tests/test_attacks.py", "tests/test_strengthened_attacks.py"],
     "attacks/shejwalkar.py": ["tests/test_attacks.py::-k minmax or minsum or shejwalkar",
                               "tests/test_strengthened_attacks.py::-k minmax or minsum"],
     "attacks/lmp.py": ["tests/test_attacks.py::-k lmp"],
-    "attacks/stats.py": ["tests/test_attacks.py::-k alie or ipm"],
+    "attacks/stats.py": ["tests/test_attacks.py::-k alie or ipm",
+                         "tests/test_mutation_kills_attacks.py::-k masked or reference_mask"],
     "fl/config.py": ["tests/test_fl.py::-k bad_config or refused or must_match",
                      "tests/test_config_fuzz.py::-k fl_config_fuzz_validation"],
     "fl/simulation.py": ["tests/test_fl.py::-k python_loop or sample or fedavg", "tests/test_strengthened_fl.py"],
-    "frl/agreement.py": ["tests/test_frl_agreement.py"],
+    "frl/agreement.py": ["tests/test_mutation_kills_frl.py",  # the fast tests first: -x stops a killed mutant early
+                         "tests/test_frl_coverage.py::-k average_agreement or fresh_noise",
+                         "tests/test_frl_agreement.py"],
     "models/zoo.py": ["tests/test_models.py", "tests/test_strengthened_models.py"],
     "models/flat.py": ["tests/test_models.py", "tests/test_strengthened_models.py"],
     "inversion/metrics.py": ["tests/test_inversion.py::-k ssim_psnr or l2_and_cosine or total_variation",
                              "tests/test_strengthened_inversion.py"],
-    "rl/gae.py": ["tests/test_rl_core.py::-k gae or n_step", "tests/test_strengthened_rl.py::-k gae"],
+    "rl/gae.py": ["tests/test_rl_core.py::-k gae or n_step", "tests/test_strengthened_rl.py::-k gae",
+                  "tests/test_mutation_kills_rl.py::-k gae or n_step"],
     "rl/replay.py": ["tests/test_rl_core.py::-k replay or off_policy_configs or config_validation",
-                     "tests/test_strengthened_rl.py::-k replay"],
-    "rl/wrappers.py": ["tests/test_rl_core.py::-k vec_env or log_wrapper or running_moments or normalize_observation",
+                     "tests/test_strengthened_rl.py::-k replay",
+                     "tests/test_mutation_kills_rl.py::-k replay or off_policy"],
+    "rl/wrappers.py": ["tests/test_mutation_kills_rl.py::-k episode_stats or vec_env or normalize or wrapper",
+                       "tests/test_rl_core.py::-k vec_env or log_wrapper or running_moments or normalize_observation",
                        "tests/test_strengthened_rl.py::-k wrapper or normaliz or log_wrapper"],
 }
 REPLACEMENTS = {"Add": "Sub", "Sub": "Add", "Mul": "Div", "Div": "Mul", "FloorDiv": "Div", "Mod": "Div",
@@ -237,10 +245,11 @@ def key_of(module, diff):
 
 
 def read_equivalent():
-    """Keys from ``tests/mutation_equivalent.txt``: one per line, ``key  # reason``; ``#`` lines are comments."""
+    """Keys from ``tests/mutation_equivalent.txt``: one per line, ``key  # reason`` (split at the last ``"  # "``: a
+    key may hold a code comment); ``#`` lines are comments."""
     if not EQUIVALENT.exists():
         return set()
-    return {line.split("  # ")[0].strip() for line in EQUIVALENT.read_text().splitlines()
+    return {line.rsplit("  # ", 1)[0].strip() for line in EQUIVALENT.read_text().splitlines()
             if line.strip() and not line.startswith("#")}
 
 

@@ -1,0 +1,50 @@
+"""Tests added to kill the mutants of ``make mutation`` that survived the FL tests (issue 18): ``FLConfig.validate``
+on both sides of every boundary (``validate`` only: nothing is traced but the rule's abstract shapes)."""
+
+import dataclasses
+
+import pytest
+
+from fedjax_attacks import fl
+
+EDGE = fl.FLConfig(num_clients=10, num_malicious=10, clients_per_round=10, rounds=6, eval_every=6, q=0.0,
+                   partition_seed=0, root_size=1, unroll=1)
+
+
+@pytest.mark.parametrize("changes", [
+    {}, {"num_malicious": 0}, {"q": 1.0}, {"alpha": 1e-6}, {"mode": "fedavg", "local_steps": 3},
+    {"eval_every": 1}, {"eval_every": 3}, {"lr": 1e-9, "server_lr": 1e-9}, {"knowledge": "partial"},
+    {"on_nonfinite": "raise"}, {"on_nonfinite": "apply"}, {"partition": "dirichlet"},
+    {"aggregator": "krum", "aggregator_hparams": {"num_byzantine": 2}, "clients_per_round": 7},
+    {"aggregator": "trimmed_mean", "aggregator_hparams": {"num_trim": 4}, "clients_per_round": 9},
+    {"aggregator": "fltrust"}, {"aggregator": "nnm"}, {"batch_size": 1, "local_steps": 1, "num_clients": 1,
+                                                       "num_malicious": 1, "clients_per_round": 1},
+])
+def test_fl_config_accepts_every_boundary(changes):
+    dataclasses.replace(EDGE, **changes).validate()
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"num_malicious": 11}, r"num_malicious M=11 must be in \[0, num_clients K=10\]"),
+    ({"num_malicious": -1}, "num_malicious must be an integer >= 0"),
+    ({"partition_seed": -1}, "partition_seed must be an integer >= 0"),
+    ({"clients_per_round": 11}, "clients_per_round w=11 exceeds num_clients K=10"),
+    ({"eval_every": 4}, "eval_every=4 must divide rounds=6"),
+    ({"eval_every": 12}, "eval_every=12 must divide rounds=6"),
+    ({"local_steps": 2}, "local_steps must be 1"),
+    ({"q": -0.01}, "q must be a number in"), ({"q": 1.01}, "q must be a number in"),
+    ({"alpha": 0.0}, "alpha must be a finite number > 0"), ({"alpha": float("inf")}, "alpha"),
+    ({"lr": 0.0}, "lr"), ({"server_lr": -1.0}, "server_lr"),
+    ({"mode": "fedprox"}, "mode must be one of"), ({"knowledge": "some"}, "knowledge must be one of"),
+    ({"on_nonfinite": "ignore"}, "on_nonfinite must be one of"), ({"partition": "shards"}, "unknown partition"),
+    ({"aggregator": "krum", "aggregator_hparams": {"num_byzantine": 2}, "clients_per_round": 6},
+     "cannot aggregate clients_per_round w=6"),
+    ({"aggregator": "trimmed_mean", "aggregator_hparams": {"num_trim": 4}, "clients_per_round": 8},
+     "cannot aggregate clients_per_round w=8"),
+    ({"aggregator": len}, "must be a registry name"),
+] + [({name: 0}, f"{name} must be an integer >= 1") for name in (
+    "num_clients", "clients_per_round", "batch_size", "local_steps", "rounds", "eval_every", "root_size",
+    "unroll")])
+def test_fl_config_refuses_just_past_each_boundary(changes, match):
+    with pytest.raises(ValueError, match=match):
+        dataclasses.replace(EDGE, **changes).validate()
