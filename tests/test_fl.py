@@ -67,6 +67,7 @@ def test_same_key_same_history_and_vmap_matches_single_runs():
     assert not np.allclose(batched_history.test_loss[0], batched_history.test_loss[1])
 
 
+@pytest.mark.slow  # kept out of `make test` for time (10-minute budget); `make test-slow` runs it
 def test_run_with_progress_matches_run():
     sim = fl.make_simulation(dataclasses.replace(SMALL, rounds=8), DIGITS, MLP)
     keys = jax.random.split(jax.random.PRNGKey(0), 2)

@@ -100,7 +100,7 @@ def test_byzpg_matches_a_loop_reference():
     np.testing.assert_allclose(np.asarray(final.theta), np.asarray(theta), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("make", [frl.make_decbyzpg, frl.make_byzpg])
+@pytest.mark.parametrize("make", [frl.make_decbyzpg, pytest.param(frl.make_byzpg, marks=pytest.mark.slow)])
 def test_avg_zero_cancels_plain_averaging(make):
     """AvgZero makes every mean-aggregated large-batch estimate 0 (up to float rounding, which Adam's
     scale-free step would still turn into full-size random steps)."""
@@ -147,7 +147,7 @@ def _counting_rule():
     return aggregators.Aggregator(lambda dim: jnp.zeros((dim,)), update, name="counting")
 
 
-@pytest.mark.parametrize("make", [frl.make_decbyzpg, frl.make_byzpg])
+@pytest.mark.parametrize("make", [frl.make_decbyzpg, pytest.param(frl.make_byzpg, marks=pytest.mark.slow)])
 def test_frl_threads_the_aggregator_state_on_large_batch_iterations(make):
     aggregators.register("test_counting", _counting_rule)
     config = dataclasses.replace(TOY, num_agents=3, aggregator="test_counting")
@@ -171,7 +171,7 @@ def test_centered_clipping_in_frl_clips_around_its_own_centre():
     assert float(jnp.linalg.norm(second.v - first.v)) <= tau * (1 + 1e-5)
 
 
-@pytest.mark.parametrize("make", [frl.make_decbyzpg, pytest.param(frl.make_byzpg, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("make", [pytest.param(frl.make_decbyzpg, marks=pytest.mark.slow), frl.make_byzpg])
 def test_ipm_flips_plain_averaging_but_not_the_median(make):
     """IPM (an FL attack) from one of five agents: the mean of the received estimates points against the honest
     mean, the coordinate-wise median does not."""
@@ -190,6 +190,7 @@ def test_ipm_flips_plain_averaging_but_not_the_median(make):
     assert inner["mean"] < 0 < inner["median"]
 
 
+@pytest.mark.slow  # kept out of `make test` for time (10-minute budget); `make test-slow` runs it
 def test_decbyzpg_runs_under_alie_and_refuses_fltrust():
     config = dataclasses.replace(TOY, num_agents=5, num_byzantine=1, attack="alie", aggregator="median",
                                  agreement="mda")

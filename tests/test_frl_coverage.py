@@ -101,6 +101,7 @@ def test_gda_inside_decbyzpg_is_the_agreement_of_the_stepped_parameters():
     np.testing.assert_allclose(np.asarray(state.theta), want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # a (64, 64) policy on Acrobot compiles: ~8 s
 def test_acrobot_preset_builds_the_papers_lunarlander_policy_on_acrobot():
     """The preset: Acrobot-v1 (obs 6, 3 actions), a (64, 64) tanh policy, N = 96, B = 32, H = 500; sampled
     briefly, every step of an unsolved Acrobot episode pays -1."""

@@ -79,6 +79,7 @@ def _run_on_four_devices(mode):
     assert proc.returncode == 0 and "SHARDED OK" in proc.stdout, proc.stderr[-3000:]
 
 
+@pytest.mark.slow  # a subprocess on 4 forced devices: ~30 s
 def test_sharded_decbyzpg_equals_unsharded_on_forced_cpu_devices():
     _run_on_four_devices("agents")
 

@@ -166,6 +166,7 @@ def _scaled_flip(key, inp):
     return jnp.broadcast_to(-(inp.round + 2.0) * mean, inp.updates.shape)
 
 
+@pytest.mark.slow  # kept out of `make test` for time (10-minute budget); `make test-slow` runs it
 def test_external_attacker_loop_equals_run_with_the_same_attack():
     attacks.register("test_scaled_flip", lambda: attacks.Attack("test_scaled_flip", _scaled_flip))
     config = dataclasses.replace(SMALL, attack="test_scaled_flip")

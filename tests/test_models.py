@@ -10,7 +10,8 @@ from fedjax_attacks import models
 
 
 @pytest.mark.parametrize("name,shape", [("mlp", (8, 8, 1)), ("cnn", (8, 8, 1)), ("lenet5", (28, 28, 1)),
-                                        ("paper_cnn", (28, 28, 1)), ("lenet5", (32, 32, 3))])
+                                        ("paper_cnn", (28, 28, 1)),
+                                        pytest.param("lenet5", (32, 32, 3), marks=pytest.mark.slow)])
 def test_flat_round_trip_and_logits(name, shape):
     model = models.get(name, 10, shape)
     theta = model.init(jax.random.PRNGKey(1))

@@ -159,6 +159,7 @@ def test_sample_trajectories_masks_and_returns(cartpole):
     assert 0.35 < frac < 0.65
 
 
+@pytest.mark.slow  # a brax compile: ~30 s on 2 cores
 def test_gaussian_policy_log_prob_and_brax_rollout():
     env, params = rl_env.make("brax:inverted_pendulum", episode_length=20)
     policy = pg.make_policy(env, params, hidden=(8,), activation="tanh", log_std_init=-0.5)

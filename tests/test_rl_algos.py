@@ -65,6 +65,7 @@ def test_ppo_hooks_are_applied_in_order():
         jax.eval_shape(ppo.make_train(cfg, env, params, poison=bad), jax.random.key(0))
 
 
+@pytest.mark.slow  # kept out of `make test` for time (10-minute budget); `make test-slow` runs it
 def test_td3_pendulum_improves():
     env, params = rl.make("Pendulum-v1")
     cfg = td3.TD3Config(total_timesteps=6_000, learning_starts=1_000, hidden=(64, 64), batch_size=128,

@@ -151,6 +151,7 @@ def test_reference_action_sends_minus_eps_times_the_descent_gradients(eager):
     assert np.allclose(u, -2.5 * sum(grads), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow  # kept out of `make test` for time (10-minute budget); `make test-slow` runs it
 def test_paper_action_with_lambda_zero_is_gradient_ascent_and_fltrust_keeps_the_root_norm(eager):
     data_ = one_row_data()
     theta = MODEL.init(jax.random.PRNGKey(3))
