@@ -119,8 +119,16 @@ def main(argv=None):
     parser.add_argument("--limit", type=int, default=0, help="at most this many mutants per module (0: all)")
     parser.add_argument("--survivors-only", action="store_true",
                         help="rerun only the mutants that survived the last run (after adding tests)")
-    parser.add_argument("--scores", default="scores.json", help="file under results/mutation/ for the scores")
+    parser.add_argument("--scores", default="scores.json",
+                        help="file under results/mutation/ for the scores (another than the default also gets its own "
+                             "<name>_survivors.txt)")
+    parser.add_argument("--tests", nargs="+", help="the tests for the one module given, instead of its mapping "
+                                                   "(items as in MODULES: files, node ids, 'file::-k expr')")
     args = parser.parse_args(argv)
+    if args.tests:
+        if len(args.modules) != 1:
+            raise SystemExit("--tests needs exactly one module")
+        MODULES[args.modules[0]] = args.tests
     if args.worker:
         return worker(Path(args.worker), args.modules[0], args.limit, args.survivors_only)
     modules = args.modules or list(MODULES)
@@ -140,7 +148,7 @@ def main(argv=None):
         if previous:
             (work / "previous.json").write_text(json.dumps(previous))
         subprocess.run([sys.executable, __file__, "--worker", str(work), "--limit", str(args.limit), module]
-                       + (["--survivors-only"] if previous else []),
+                       + (["--survivors-only"] if previous else []) + (["--tests", *args.tests] if args.tests else []),
                        cwd=work, check=True, env={**os.environ, "PYTHONPATH": str(work)})
         results = json.loads((work / "results.json").read_text())
         if previous:  # the mutants killed last time stay killed (tests were only added)
@@ -155,12 +163,13 @@ def main(argv=None):
                           "equivalent": len(eq), "score": round(killed / judged, 3) if judged else None,
                           "wall_s": round(time.time() - start, 1), "tests": MODULES[module]}
         scores_path.write_text(json.dumps(scores, indent=1, sort_keys=True))
-        write_survivors(module, [r for r in alive if r not in eq])
+        survivors = "survivors.txt" if args.scores == "scores.json" else f"{Path(args.scores).stem}_survivors.txt"
+        write_survivors(OUT / survivors, module, [r for r in alive if r not in eq])
         print(f"{module}: {scores[module]}", flush=True)
 
 
 def work_dir(module):
-    return OUT / "work" / module.replace("/", "_").removesuffix(".py")
+    return OUT / "work" / module.replace("::", "_").replace(",", "_").replace("/", "_").replace(".py", "")
 
 
 def scratch_copy(module):
@@ -184,8 +193,10 @@ def worker(work: Path, module: str, limit: int, survivors_only: bool = False):
 
     os.chdir(work)
     sys.path.insert(0, str(work))
-    path = Path("fedjax_attacks") / module
-    items = [item for item in _all_work_items([path], {}) if keep_operator(item.mutations[0].operator_name)]
+    path = Path("fedjax_attacks") / module.partition("::")[0]
+    inside = function_lines(path, module.partition("::")[2])
+    items = [item for item in _all_work_items([path], {}) if keep_operator(item.mutations[0].operator_name)
+             and inside(item.mutations[0].start_pos[0])]
     items = items[:limit] if limit else items
     if survivors_only:
         alive = {(r["operator"], r["occurrence"]) for r in json.loads((work / "previous.json").read_text())
@@ -238,6 +249,22 @@ def worker(work: Path, module: str, limit: int, survivors_only: bool = False):
     (work / "results.json").write_text(json.dumps(results, indent=1))
 
 
+def function_lines(path, names):
+    """A predicate on line numbers: inside one of the functions ``names`` ("loss,td_targets", any nesting) of the
+    file ``path``; every line when ``names`` is empty (a module key ``"rl/ppo.py::loss"`` mutates only ``loss``)."""
+    if not names:
+        return lambda line: True
+    import ast
+    wanted = set(names.split(","))
+    spans = [(node.lineno, node.end_lineno) for node in ast.walk(ast.parse(path.read_text()))
+             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in wanted]
+    missing = wanted - {node.name for node in ast.walk(ast.parse(path.read_text()))
+                        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    if missing:
+        raise SystemExit(f"{path}: no function named {sorted(missing)}")
+    return lambda line: any(lo <= line <= hi for lo, hi in spans)
+
+
 def key_of(module, diff):
     """A mutant's identity that survives renumbering: ``module | -old line => +new line``."""
     changed = [line[1:].strip() for line in diff.splitlines() if line[:1] in "+-" and line[:3] not in ("+++", "---")]
@@ -253,9 +280,9 @@ def read_equivalent():
             if line.strip() and not line.startswith("#")}
 
 
-def write_survivors(module, alive):
-    """Replaces ``module``'s entries in ``results/mutation/survivors.txt``."""
-    path = OUT / "survivors.txt"
+def write_survivors(path, module, alive):
+    """Replaces ``module``'s entries in ``path`` (``results/mutation/survivors.txt`` for the default scores file,
+    ``<scores>_survivors.txt`` for another)."""
     text = path.read_text() if path.exists() else ""
     blocks = [b for b in re.split(r"\n(?==== )", text) if b.strip() and not b.startswith(f"=== {module}:")]
     for r in alive:
