@@ -1,9 +1,37 @@
-"""Suite-wide setup. ``FEDJAX_EMULATE_TF32=1`` (``make test-tf32``) lowers default-precision float32 matmuls and
-convolutions as a TF32 GPU computes them (``tests/tf32.py``), so a CPU checks that no result depends on it."""
+"""Suite-wide setup.
+
+- ``FEDJAX_EMULATE_TF32=1`` (``make test-tf32``) lowers default-precision float32 matmuls and convolutions as a TF32
+  GPU computes them (``tests/tf32.py``), so a CPU checks that no result depends on it.
+- Every test process of one run (the xdist workers, and the subprocesses some tests start) shares a fresh JAX
+  compilation cache, so a program compiled by one test is not compiled again by another (``make test`` spends
+  much of its time compiling). It lives in a temporary directory removed after the run; set
+  ``JAX_COMPILATION_CACHE_DIR`` to keep one yourself.
+"""
 
 import os
+import shutil
+import tempfile
+
+import jax
 
 if os.environ.get("FEDJAX_EMULATE_TF32") == "1":
     import tf32
 
     tf32.install()
+
+_OWN_CACHE = None
+
+
+def pytest_configure(config):
+    """The controller (or a plain run) makes the cache directory; xdist workers inherit it by the environment."""
+    global _OWN_CACHE
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        _OWN_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="fedjax_attacks_jit_")
+    jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE:
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+        os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)

@@ -149,7 +149,8 @@ def main(argv=None):
             (work / "previous.json").write_text(json.dumps(previous))
         subprocess.run([sys.executable, __file__, "--worker", str(work), "--limit", str(args.limit), module]
                        + (["--survivors-only"] if previous else []) + (["--tests", *args.tests] if args.tests else []),
-                       cwd=work, check=True, env={**os.environ, "PYTHONPATH": str(work)})
+                       cwd=work, check=True, env={**os.environ, "PYTHONPATH": str(work),
+                                                  "JAX_COMPILATION_CACHE_DIR": str(work / "jit_cache")})
         results = json.loads((work / "results.json").read_text())
         if previous:  # the mutants killed last time stay killed (tests were only added)
             rerun = {(r["operator"], r["occurrence"]) for r in results}
