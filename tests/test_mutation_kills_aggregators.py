@@ -90,3 +90,22 @@ def test_nnm_drops_a_non_finite_row_from_every_mix():
     x[0, 1] = np.nan
     got = np.asarray(agg.nnm(1)(jnp.asarray(x)))
     np.testing.assert_allclose(got, np.broadcast_to(x[1:].mean(0), (7, 5)), rtol=1e-5)
+
+
+def test_nnm_divides_each_mix_by_its_own_count_when_overflowing_distances_tie_with_a_nan_row():
+    """Rows 0 and 2 are finite but 3e19 apart, so their squared distance overflows float32 to inf and ties with the
+    NaN row 1. Ties go to the lowest index: row 0's n - f = 2 nearest are itself and the NaN row (its mix is row 0
+    alone, count 1), row 2's are itself and row 0 (count 2). Each mix divides by its own row's count (a division by
+    the neighbours' counts, ``keepdims=False``, gives row 2 the mix x0 / 1 + x2 / 2). NumPy reference in float64
+    with float32's overflow."""
+    x = np.zeros((3, 4), np.float32)
+    x[0, :2], x[1], x[2, :2] = (1.5e19, 2.0), np.nan, (-1.5e19, 4.0)
+    x64 = x.astype(np.float64)
+    good = np.isfinite((x * x).sum(1))
+    dist = ((x64[:, None] - x64[None]) ** 2).sum(-1)
+    dist[(dist > np.finfo(np.float32).max) | ~(good[:, None] & good[None, :])] = np.inf
+    np.fill_diagonal(dist, 0.0)
+    mixes = np.stack([x64[[j for j in np.argsort(dist[i], kind="stable")[:2] if good[j]]].mean(0) for i in range(3)])
+    mixes[~good] = mixes[good].mean(0)
+    np.testing.assert_allclose(agg.nnm(1)(jnp.asarray(x)), mixes, rtol=1e-6)
+    np.testing.assert_allclose(mixes[:, :2], [[1.5e19, 2.0], [7.5e18, 2.5], [0.0, 3.0]], rtol=1e-7)  # the tie as read

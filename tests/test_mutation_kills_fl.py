@@ -48,3 +48,21 @@ def test_fl_config_accepts_every_boundary(changes):
 def test_fl_config_refuses_just_past_each_boundary(changes, match):
     with pytest.raises(ValueError, match=match):
         dataclasses.replace(EDGE, **changes).validate()
+
+
+def test_fl_config_defaults_and_frozen():
+    """Kills every default replaced by a neighbour and ``frozen=True`` -> ``False`` (the defaults are the seed
+    paper's setting the benchmarks rely on: K = 100, M = 20, w = 10, B = 8, eta = 0.1, ...)."""
+    config = fl.FLConfig()
+    expected = {"num_clients": 100, "num_malicious": 20, "clients_per_round": 10, "batch_size": 8, "local_steps": 1,
+                "lr": 0.1, "server_lr": 1.0, "rounds": 1000, "eval_every": 50, "q": 0.5, "alpha": 0.5,
+                "partition_seed": 0, "root_size": 100, "unroll": 1}
+    assert {name: getattr(config, name) for name in expected} == expected
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.rounds = 3
+
+
+def test_fl_config_accepts_a_stateful_rule():
+    """Centered clipping keeps a centre of the update's width: the abstract check must build its state for the
+    same width as the rows it traces (kills ``rule.init(2)`` -> ``rule.init(3)``)."""
+    dataclasses.replace(EDGE, aggregator="centered_clipping").validate()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fedjax_attacks import rl
-from fedjax_attacks.rl import dqn, gae, replay, td3, wrappers
+from fedjax_attacks.rl import dqn, gae, networks, ppo, replay, td3, wrappers
 
 
 def test_gae_of_a_one_step_rollout():
@@ -165,3 +165,118 @@ def test_normalize_observation_clips_at_ten_by_default():
     state = state.replace(moments=wrappers.RunningMoments(jnp.zeros(4), jnp.full(4, 1e-8), jnp.asarray(1e12)))
     obs, *_ = norm_env.step(jax.random.key(1), state, jnp.asarray([0, 1, 0, 1]), params)
     assert float(jnp.max(jnp.abs(obs))) == 10.0
+
+
+# ---------------------------------------------------------------- the RL losses (ppo.loss, td3 targets/losses, dqn)
+
+
+def _ppo_case():
+    logits = np.array([[0.3, -0.2], [1.0, 0.0], [0.0, 2.0], [0.5, 0.5]], np.float32)
+    new_values = np.array([1.0, 0.0, -1.0, 2.0], np.float32)
+    apply_fn = lambda params, obs: (networks.Categorical(jnp.asarray(logits) * params),
+                                    jnp.asarray(new_values) * params)
+    batch = ppo.Batch(obs=jnp.zeros((4, 1)), actions=jnp.array([0, 0, 1, 1]), rewards=None, terminated=None,
+                      truncated=None, values=jnp.array([0.5, 0.5, 0.5, 0.5]),
+                      log_probs=jnp.log(jnp.array([0.4, 0.99, 0.5, 0.45])), bootstrap_values=None)
+    return logits, new_values, apply_fn, batch
+
+
+def test_ppo_loss_normalized_advantages_unclipped_value_and_aux():
+    """The defaults (advantages normalized with the population std + 1e-8, clipped value loss), the plain value
+    loss, and ``approx_kl = mean((r - 1) - log r)``, ``clip_fraction = mean(|r - 1| > eps)``, entropy; advantages
+    offset away from 0."""
+    logits, v, apply_fn, batch = _ppo_case()
+    adv, tgt = jnp.array([3.0, 1.0, 5.0, 2.5]), jnp.array([2.0, 0.0, 0.0, 2.3])
+    eps = 0.2
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    ratio = p[np.arange(4), [0, 0, 1, 1]] / np.array([0.4, 0.99, 0.5, 0.45])
+    a = np.asarray(adv, np.float64)
+    a = (a - a.mean()) / (a.std() + 1e-8)
+    pl = -np.mean(np.minimum(ratio * a, np.clip(ratio, 1 - eps, 1 + eps) * a))
+    t = np.asarray(tgt)
+    vl_clipped = 0.5 * np.mean(np.maximum((v - t) ** 2, (0.5 + np.clip(v - 0.5, -eps, eps) - t) ** 2))
+    vl_plain = 0.5 * np.mean((v - t) ** 2)
+    ent = np.mean(-(p * np.log(p)).sum(1))
+    for clip_value_loss, vl in ((None, vl_clipped), (False, vl_plain)):
+        kwargs = {} if clip_value_loss is None else {"clip_value_loss": clip_value_loss}
+        total, aux = ppo.loss(1.0, apply_fn, batch, adv, tgt, clip_eps=eps, vf_coef=0.7, ent_coef=0.03, **kwargs)
+        np.testing.assert_allclose(aux["policy_loss"], pl, rtol=1e-5)
+        np.testing.assert_allclose(aux["value_loss"], vl, rtol=1e-5)
+        np.testing.assert_allclose(aux["entropy"], ent, rtol=1e-5)
+        np.testing.assert_allclose(total, pl + 0.7 * vl - 0.03 * ent, rtol=1e-5)
+        np.testing.assert_allclose(aux["approx_kl"], np.mean((ratio - 1) - np.log(ratio)), rtol=1e-4)
+        np.testing.assert_allclose(aux["clip_fraction"], np.mean(np.abs(ratio - 1) > eps), rtol=1e-6)
+    assert 0 < float(aux["clip_fraction"]) < 1 and ratio.min() < 1 - eps < 1 + eps < ratio.max()
+    # the 1e-8 is added to the std: advantages with std 1e-8 normalize to +-1/2 (with std - 1e-8: +-inf)
+    tiny = jnp.array([0.0, 2e-8, 0.0, 2e-8])
+    _, aux = ppo.loss(1.0, apply_fn, batch, tiny, tgt, clip_eps=eps, vf_coef=0.7, ent_coef=0.03)
+    half = np.array([-0.5, 0.5, -0.5, 0.5])
+    np.testing.assert_allclose(aux["policy_loss"], -np.mean(np.minimum(ratio * half,
+                                                                       np.clip(ratio, 1 - eps, 1 + eps) * half)),
+                               rtol=1e-3)
+    with pytest.raises(TypeError):  # the coefficients are keyword-only
+        ppo.loss(1.0, apply_fn, batch, adv, tgt, eps, 0.7, 0.03)
+    # at clip_eps = 0 a ratio of exactly 1 is not clipped: |r - 1| > 0 is strict
+    same = batch._replace(log_probs=networks.Categorical(jnp.asarray(logits)).log_prob(batch.actions))
+    _, aux = ppo.loss(1.0, apply_fn, same, adv, tgt, clip_eps=0.0, vf_coef=0.5, ent_coef=0.0)
+    assert float(aux["clip_fraction"]) == 0.0 and float(aux["approx_kl"]) == 0.0
+
+
+def test_td3_targets_clip_noise_and_actions_at_both_ends():
+    """Three transitions: the smoothing noise is clipped to [-c, c] on both sides, the next action to [-1, 1] on both
+    sides, the min runs over the twin critics (axis 0 of [2, B]), and a terminated row keeps only its reward; the
+    critic loss of three rows."""
+    key = jax.random.key(0)
+    raw = np.asarray(jax.random.normal(key, (3, 1)))
+    actor_fn = lambda params, obs: params * obs  # next actions -1.5 .. 1.5, so both action clips bite
+    critic_fn = lambda params, obs, act: jnp.stack([jnp.sum(obs + act, -1) + params, jnp.sum(2.0 * act - obs, -1)])
+    next_obs = np.array([[-1.5], [0.1], [1.5]], np.float32)
+    batch = td3.Transition(obs=jnp.zeros((3, 1)), action=jnp.zeros((3, 1)), reward=jnp.array([1.0, -2.0, 0.5]),
+                           next_obs=jnp.asarray(next_obs), terminated=jnp.array([False, True, False]))
+    for policy_noise, noise_clip in ((3.0, 0.4), (0.05, 1.0)):
+        y = td3.td_targets(key, actor_fn, critic_fn, 1.0, 0.25, batch, gamma=0.9, policy_noise=policy_noise,
+                           noise_clip=noise_clip)
+        noise = np.clip(policy_noise * raw, -noise_clip, noise_clip)
+        na = np.clip(next_obs + noise, -1, 1)
+        q = np.stack([(next_obs + na)[:, 0] + 0.25, (2 * na - next_obs)[:, 0]])
+        ref = np.array([1.0, -2.0, 0.5]) + 0.9 * np.array([1.0, 0.0, 1.0]) * q.min(0)
+        np.testing.assert_allclose(y, ref, rtol=1e-5)
+    assert np.ptp(np.sign(3.0 * raw)) == 2, "the draws must have both signs for the noise clip to bite twice"
+    # critic_loss over B = 3 rows: the mean runs over the batch, the sum over the two critics
+    q = np.stack([(next_obs + 0.2)[:, 0] + 0.25, (2 * 0.2 - next_obs)[:, 0]])
+    y = np.array([0.5, -1.0, 2.0], np.float32)
+    np.testing.assert_allclose(td3.critic_loss(0.25, critic_fn, batch._replace(obs=jnp.asarray(next_obs),
+                                                                               action=jnp.full((3, 1), 0.2)),
+                                               jnp.asarray(y)), ((q - y) ** 2).mean(1).sum(), rtol=1e-5)
+    with pytest.raises(TypeError):  # gamma and the noise scales are keyword-only
+        td3.td_targets(key, actor_fn, critic_fn, 1.0, 0.25, batch, 0.9, 0.2, 0.5)
+
+
+def test_dqn_td_loss_terminal_rows_and_leading_axes():
+    """Q tables over [E, B] = [2, 3] leading axes (the arg max and gathers run on the last axis), one terminated
+    row that keeps only its reward, three actions so a wrong gather shows, and online / target parameters whose
+    arg max differ (double DQN, the default, selects with the online net); gamma is keyword-only."""
+    rng = np.random.default_rng(0)
+    q_now, q_next = rng.normal(size=(2, 3, 3)) + 1.0, rng.normal(size=(2, 3, 3)) + 1.0
+    online, target = np.array([0.3, -0.2, 0.1]), np.array([-3.0, 3.0, 0.0])  # per-action shifts
+    q_fn = lambda params, obs: jnp.where(obs[..., :1] > 0, jnp.asarray(q_next, jnp.float32),
+                                         jnp.asarray(q_now, jnp.float32)) + params
+    action = np.array([[2, 0, 1], [1, 2, 0]])
+    reward = np.array([[0.5, 1.0, -1.0], [2.0, 0.0, 1.5]])
+    terminated = np.array([[False, True, False], [False, False, True]])
+    batch = dqn.Transition(obs=jnp.zeros((2, 3, 1)), action=jnp.asarray(action), reward=jnp.asarray(reward),
+                           next_obs=jnp.ones((2, 3, 1)), terminated=jnp.asarray(terminated))
+    p_on, p_tg = jnp.asarray(online, jnp.float32), jnp.asarray(target, jnp.float32)
+    losses = {}
+    for double_q in (None, False):
+        kwargs = {} if double_q is None else {"double_q": double_q}
+        got = dqn.td_loss(p_on, p_tg, q_fn, batch, gamma=0.8, **kwargs)
+        target_next = q_next + target
+        best = (q_next + online if double_q is None else target_next).argmax(-1)
+        y = reward + 0.8 * (1 - terminated) * np.take_along_axis(target_next, best[..., None], -1)[..., 0]
+        q = np.take_along_axis(q_now + online, action[..., None], -1)[..., 0]
+        np.testing.assert_allclose(got, np.mean((q - y) ** 2), rtol=1e-5)
+        losses[double_q] = float(got)
+    assert abs(losses[None] - losses[False]) > 0.1  # the two selections differ on this data
+    with pytest.raises(TypeError):
+        dqn.td_loss(p_on, p_tg, q_fn, batch, 0.8)

@@ -87,7 +87,7 @@ def pairwise_sq_dists(updates, mask=None):
     on a reference row before the Gram product ``G = (X - r)(X - r)^T`` (asked at ``precision=HIGHEST``, so a GPU
     does not compute it in TF32): the float32 form ``|x_i|^2 + |x_j|^2 - 2 <x_i, x_j>`` loses the answer when the
     rows share a component much larger than their spread. The reference ``r`` is the medoid of the finite rows on
-    a strided subsample of at most 256 columns, so a far (Byzantine) row is never the centre.
+    every (d // 256)-th column (fewer than 512), so a far (Byzantine) row is never the centre.
 
     Rows that are non-finite (or whose squared norm overflows) are at distance ``+inf`` from every other row,
     i.e. the farthest possible update; the diagonal is 0. Each entry depends only on rows i and j (and ``r``), so
@@ -110,8 +110,9 @@ def pairwise_sq_dists(updates, mask=None):
 
 def reference_row(x, good, max_columns: int = 256):
     """A central finite row of ``x`` (``f32[d]``): among the ``good`` rows, the one whose ``ceil(n / 2)`` nearest
-    rows are nearest in total, with exact distances on a strided subsample of at most ``max_columns`` columns
-    (cheap, ``O(n^2 max_columns)``; a minority of far or overflowing rows cannot be chosen)."""
+    rows are nearest in total, with Gram distances on every ``d // max_columns``-th column (fewer than
+    ``2 max_columns``: cheap; a minority of far or overflowing rows cannot be chosen). No good row: row 0, its
+    non-finite entries set to 0."""
     n, d = x.shape
     sample = jnp.where(good[:, None], x[:, :: max(1, d // max_columns)], 0)
     norms = jnp.sum(sample * sample, axis=1)  # Gram form: coarse, but any row near the bulk is a good centre

@@ -82,6 +82,9 @@ def chain(*parts: Aggregator) -> Aggregator:
         return tuple(part.init(dim) for part in parts)
 
     def update(updates, state, *, key=None, **context):
+        if not isinstance(state, (tuple, list)) or len(state) != len(parts):
+            raise ValueError(f"{name}: state must be the tuple of its {len(parts)} parts' states (from init), got "
+                             f"{type(state).__name__} {state!r:.80}")
         new_state = []
         for k, (part, part_state) in enumerate(zip(parts, state)):
             part_key = None if key is None else jax.random.fold_in(key, k)

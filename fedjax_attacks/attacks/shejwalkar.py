@@ -88,7 +88,9 @@ def search_gamma(updates, mask, mu, p, num_steps: int, objective: str) -> jax.Ar
         value = jnp.max(dist_sq) if objective == "max" else jnp.sum(dist_sq)
         return value <= threshold
 
-    hi = jnp.where(pp > 0, 2.0 * jnp.sqrt(jnp.max(sq)) / jnp.sqrt(jnp.maximum(pp, 1e-30)), 0.0)
+    # the inner where keeps sqrt away from 0 (pp = 0 means p = 0: any gamma gives mu); a clamp such as
+    # max(pp, 1e-30) would cap gamma for updates of scale ~1e-17
+    hi = jnp.where(pp > 0, 2.0 * jnp.sqrt(jnp.max(sq)) / jnp.sqrt(jnp.where(pp > 0, pp, 1.0)), 0.0)
 
     def step(_, bounds):
         lo, hi = bounds

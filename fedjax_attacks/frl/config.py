@@ -185,7 +185,7 @@ def sample_switches(key, config: ByzPGConfig, max_trajectories: int, multiple_of
     """
     _check_int("max_trajectories", max_trajectories)
     _check_int("multiple_of", multiple_of)
-    upper = -(-max_trajectories // config.small_batch) + multiple_of
+    upper = -(-max_trajectories // min(config.small_batch, config.large_batch)) + multiple_of  # N < B is allowed
     coins = np.array(jax.random.bernoulli(key, config.switch_prob, (upper,)))
     coins[0] = True
     cumulative = np.cumsum(trajectories_per_iteration(coins, config))

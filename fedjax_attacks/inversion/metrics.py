@@ -79,7 +79,8 @@ def ssim(
 
 
 def optimal_assignment(cost: jax.Array) -> jax.Array:
-    """Column matched to each row minimizing ``sum_i cost[i, perm[i]]``, for ``cost: f32[B, B]``; int32[B].
+    """Column matched to each row minimizing ``sum_i cost[i, perm[i]]``, for ``cost: f32[..., B, B]``;
+    int32[..., B] (leading axes are independent problems).
 
     Exhaustive over the ``B!`` permutations in JAX for ``B <= 8``; scipy's ``linear_sum_assignment`` via
     ``jax.pure_callback`` (host) above that. Jittable and vmappable either way.
@@ -89,8 +90,8 @@ def optimal_assignment(cost: jax.Array) -> jax.Array:
         raise ValueError(f"cost must be square, got {cost.shape}")
     if b <= BRUTE_FORCE_MAX:
         perms = jnp.asarray(np.array(list(itertools.permutations(range(b))), dtype=np.int32))
-        totals = jnp.sum(cost[jnp.arange(b), perms], axis=-1)
-        return perms[jnp.argmin(totals)]
+        totals = jnp.sum(cost[..., jnp.arange(b), perms], axis=-1)  # [..., B!]
+        return perms[jnp.argmin(totals, axis=-1)]
 
     def host(c):
         c = np.asarray(c)

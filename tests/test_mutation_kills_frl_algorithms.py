@@ -1,0 +1,155 @@
+"""Tests added to kill the mutants of ``make mutation`` that survived the FRL algorithm tests (issue 18): the pieces
+of ``frl/base.py`` (block sampling and its GPOMDP / PAGE-PG estimates, keys, counts, schedules, the aggregator)
+against ``policy_gradient``'s own estimators on the same trajectories, at toy size (a few compiles)."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh
+
+from fedjax_attacks import aggregators, frl
+from fedjax_attacks.frl import base
+from fedjax_attacks.frl.config import Blocks
+from fedjax_attacks.rl import policy_gradient as pg
+
+# N = 5, B = 3: a large batch is 2 blocks, the last counting 2 episodes; gamma away from 1 so it shows
+CFG = frl.DecByzPGConfig(num_agents=3, aggregator="mean", agreement="none", large_batch=5, small_batch=3, horizon=6,
+                         hidden=(4,), gamma=0.8, learning_rate=1e-2)
+
+
+def _sub(traj, count):
+    return jax.tree.map(lambda x: x[:, :count], traj)
+
+
+def test_block_keys_counts_schedules_and_blocks():
+    k = jax.random.key(9)
+    got = base.block_keys(k, 3, 2)
+    want = [jax.random.fold_in(s, 2) for s in jax.random.split(k, 3)]
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(jax.random.key_data(g), jax.random.key_data(w))
+    for N, B in ((5, 3), (6, 3), (2, 3), (7, 2)):
+        config = dataclasses.replace(CFG, large_batch=N, small_batch=B)
+        counts = [int(base.large_block_count(config, j)) for j in range(-(-N // B))]
+        assert counts == [min(B, N - j * B) for j in range(-(-N // B))] and sum(counts) == N
+    blocks = frl.block_schedule(np.array([True, False]), CFG)
+    schedule = base.as_schedule(blocks)
+    assert [a.dtype for a in schedule] == [jnp.bool_, jnp.int32, jnp.int32, jnp.bool_]
+    one = base.current_block(schedule, 1)
+    assert (bool(one.large), int(one.index), int(one.count), bool(one.last)) == (True, 1, 2, True)
+    coins = base.as_schedule([True, False])
+    assert coins.dtype == jnp.bool_ and coins.tolist() == [True, False]
+    with pytest.raises(ValueError, match="booleans"):
+        base.as_schedule([1, 0])
+
+
+def test_make_aggregator_wraps_bucketing_and_one_agent():
+    x = jnp.asarray([[1.0, 7.0], [2.0, 5.0], [40.0, -3.0], [3.0, 4.0], [5.0, 5.5]])
+    plain = base.make_aggregator(dataclasses.replace(CFG, aggregator="median"))
+    assert plain.name == aggregators.get("median").name
+    np.testing.assert_allclose(np.asarray(plain(x)), np.median(np.asarray(x), axis=0))
+    bucketed = base.make_aggregator(dataclasses.replace(CFG, aggregator="median", bucket_size=2))
+    want = aggregators.bucketing(aggregator="median", bucket_size=2)
+    np.testing.assert_allclose(np.asarray(bucketed(x, key=jax.random.key(0))),
+                               np.asarray(want(x, key=jax.random.key(0))))
+    assert bucketed.name == want.name != plain.name
+    single = base.make_aggregator(dataclasses.replace(CFG, num_agents=1, aggregator="median"))
+    assert single.name == "single agent"
+    np.testing.assert_array_equal(np.asarray(single(x[:1])), np.asarray(x[0]))
+    assert base.make_attack(dataclasses.replace(CFG, num_byzantine=1, attack="large_noise")).name == "large_noise"
+
+
+def test_check_mesh():
+    assert base.check_mesh(None, CFG) is None
+    mesh = Mesh(np.array(jax.devices()[:1]), ("agents",))
+    assert base.check_mesh(mesh, CFG) is mesh
+    with pytest.raises(ValueError, match="agents"):
+        base.check_mesh(Mesh(np.array(jax.devices()[:1]), ("seeds",)), CFG)
+
+
+def test_state_is_a_pytree():
+    """``State`` is a ``flax.struct`` dataclass: jit and scan carry it (its eleven fields are its leaves)."""
+    fields = [jnp.full((2,), float(i)) for i in range(11)]
+    state = base.State(*fields)
+    assert len(jax.tree_util.tree_leaves(state)) == 11
+    doubled = jax.jit(lambda s: jax.tree.map(lambda x: 2 * x, s))(state)
+    assert isinstance(doubled, base.State) and float(doubled.t[0]) == 12.0
+
+
+@pytest.fixture(scope="module")
+def estimates():
+    """``sample_blocks`` on a large block (Python and traced coin, counting 2 of 3 episodes), a small block (both
+    importance weights) and a small block with RandomAction on sampler 0, with the references on the same
+    trajectories, in one program."""
+    env, env_params, policy = base.make_env_and_policy(CFG)
+    per_step = dataclasses.replace(CFG, importance_weights="per_step")
+    thetas = 0.5 + jax.vmap(policy.init)(jax.random.split(jax.random.key(0), 2))
+    thetas_prev = thetas + 0.3 * jax.random.normal(jax.random.key(1), thetas.shape)
+    keys = base.block_keys(jax.random.key(2), 2, 1)
+    k_large = jax.random.key(3)
+    inputs = base.BlockInputs(keys, thetas, thetas_prev, False)
+    random = base.BlockInputs(keys, thetas, thetas_prev, jnp.asarray([True, False]))
+
+    def sample(key, theta, random_actions=False):
+        return pg.sample_trajectories(key, policy, theta, env, env_params, num_episodes=CFG.small_batch,
+                                      horizon=CFG.horizon, random_actions=random_actions)
+
+    @jax.jit
+    def run():
+        got = {
+            "large_python": base.sample_blocks(inputs, Blocks(True, 1, 2, False), policy, env, env_params, CFG),
+            "large_traced": base.sample_blocks(inputs, Blocks(jnp.asarray(True), jnp.asarray(1), jnp.asarray(2),
+                                                              jnp.asarray(False)), policy, env, env_params, CFG),
+            "small": base.sample_blocks(inputs, Blocks(jnp.asarray(False), 0, jnp.asarray(3), True), policy, env,
+                                        env_params, CFG),
+            "per_step": base.sample_blocks(inputs, Blocks(jnp.asarray(False), 0, 3, True), policy, env, env_params,
+                                           per_step),
+            "random": base.sample_blocks(random, Blocks(jnp.asarray(False), 0, 3, True), policy, env, env_params,
+                                         CFG),
+            "whole_large": base.sample_large_batch(
+                lambda block: base.BlockInputs(base.block_keys(k_large, 2, block.index), thetas, thetas_prev, False),
+                policy, env, env_params, CFG),
+        }
+        def reference(key, k_i, theta, theta_prev, random_flag):  # one sampler; vmapped: fewer rollouts to compile
+            traj = sample(key, theta)
+            large = _sub(traj, 2)
+            g_large = (pg.gpomdp(policy, theta, large, CFG.gamma) * 2 / CFG.large_batch, jnp.sum(large.rewards))
+            randomly = sample(key, theta, random_actions=random_flag)
+            # the N episodes of a large batch: the first N of the blocks' fold_in(k_i, j)
+            blocks = jax.vmap(lambda j: sample(jax.random.fold_in(k_i, j), theta))(jnp.arange(2))
+            whole = jax.tree.map(lambda x: jnp.concatenate([x[0], x[1]], axis=1)[:, :CFG.large_batch], blocks)
+            return {"large_python": g_large, "large_traced": g_large,
+                    "small": (pg.page_pg_estimate(policy, theta, theta_prev, 0.0, traj, CFG.gamma),
+                              jnp.sum(traj.rewards)),
+                    "per_step": (pg.page_pg_estimate(policy, theta, theta_prev, 0.0, traj, CFG.gamma, "per_step"),
+                                 jnp.sum(traj.rewards)),
+                    "random": (pg.page_pg_estimate(policy, theta, theta_prev, 0.0, randomly, CFG.gamma),
+                               jnp.sum(randomly.rewards)),
+                    "whole_large": (pg.gpomdp(policy, theta, whole, CFG.gamma), jnp.sum(whole.rewards))}
+
+        return got, jax.vmap(reference)(keys, jax.random.split(k_large, 2), thetas, thetas_prev,
+                                        jnp.asarray([True, False]))
+
+    return run()
+
+
+@pytest.mark.parametrize("name", ["large_python", "large_traced", "small", "per_step", "random", "whole_large"])
+def test_sample_blocks_match_gpomdp_and_page_pg(estimates, name):
+    """A large block is ``1/N`` times the GPOMDP sum over its ``count`` episodes; a small block is PAGE-PG's
+    correction ``g_B(theta) - g_B^w(theta_prev)`` (``page_pg_estimate`` with ``v = 0``); a whole large batch is
+    GPOMDP on the first ``N`` episodes of its blocks."""
+    got, want = estimates
+    (g, r), (g_want, r_want) = got[name], want[name]
+    assert g.shape == g_want.shape == (2, frl.base.make_env_and_policy(CFG)[2].num_params)
+    assert float(jnp.abs(g_want).max()) > 1e-2  # a real gradient, not 0 = 0
+    np.testing.assert_allclose(np.asarray(g), np.asarray(g_want), rtol=2e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(r), np.asarray(r_want), rtol=1e-6)
+
+
+def test_estimates_differ_between_the_variants(estimates):
+    """The variants above are distinguishable (so the matches are not vacuous): counts, weights, random actions."""
+    got, _ = estimates
+    for a, b in (("small", "per_step"), ("small", "random")):
+        assert not np.allclose(np.asarray(got[a][0][0]), np.asarray(got[b][0][0]), rtol=1e-3)
