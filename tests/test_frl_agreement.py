@@ -29,6 +29,7 @@ def brute_gda(own, x, f):
     return x[order[: len(x) - f]].mean(0)
 
 
+@pytest.mark.slow  # make test: test_frl_coverage checks agreement against brute-force rounds at one size
 @settings(max_examples=8, deadline=None)
 @given(nf=st.sampled_from([(2, 1), (5, 0), (5, 2), (7, 2)]), seed=st.integers(0, 2**31 - 1))
 def test_mda_and_gda_match_brute_force(nf, seed):

@@ -256,6 +256,7 @@ def scratch_copy(module):
     work.mkdir(parents=True)
     shutil.copytree(ROOT / "fedjax_attacks", work / "fedjax_attacks", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__", "mutation"))
+    shutil.copytree(ROOT / "benchmarks", work / "benchmarks", ignore=shutil.ignore_patterns("__pycache__"))  # some tests
     shutil.copy(ROOT / "pyproject.toml", work / "pyproject.toml")
     return work
 
