@@ -205,3 +205,111 @@ def test_one_search_step_is_allowed():
     for name in ("minmax", "minsum"):
         assert attacks.get(name, num_steps=1).name == name
     assert attacks.get("lmp", variant="krum", num_steps=1).name == "lmp"
+
+
+# ---------------------------------------------------------------- LMP (Fang et al.): edges of both variants
+def _lmp_input(updates, mask, aggregator=None, full_knowledge=True):
+    from fedjax_attacks.aggregators import mean
+    return AttackInput(updates=jnp.asarray(updates, jnp.float32), malicious_mask=jnp.asarray(mask, bool),
+                       round=jnp.int32(0), aggregator=aggregator or mean(), full_knowledge=full_knowledge)
+
+
+def _np_lambda_bound(u, mask):
+    """Fang's lambda_0 in float64 (denominator clamped at 1; 0 with no benign row)."""
+    u = np.asarray(u, np.float64)
+    w, d = u.shape
+    benign = u[~np.asarray(mask)]
+    c = w - len(benign)
+    if not len(benign):
+        return 0.0
+    sums = [sum(sorted(np.linalg.norm(b - o) for j, o in enumerate(benign) if j != i)[: len(benign) - 2])
+            for i, b in enumerate(benign)]
+    return min(sums) / (max(w - 2 * c - 1, 1) * np.sqrt(d)) + np.linalg.norm(benign, axis=1).max() / np.sqrt(d)
+
+
+@pytest.mark.parametrize("num_malicious", [0, 1, 2, 3, 5, 6])  # w - 2c - 1 = 5, 3, 1, -1, -5; one benign; none
+def test_lmp_krum_bound_at_every_attacker_count_with_small_norms(num_malicious):
+    """lambda_0 against NumPy with updates of norm < 1 (the max-norm fallback of a malicious row must not count),
+    at denominators w - 2c - 1 of 1 and below 1 (clamped at 1, not 0 or 2), one benign row (no neighbours: only
+    the norm term) and none (0, not inf)."""
+    rng = np.random.default_rng(11)
+    u = (0.05 + 0.1 * rng.normal(size=(6, 4))).astype(np.float32)
+    mask = np.arange(6) < num_malicious
+    from fedjax_attacks.attacks.lmp import krum_lambda_bound
+    got = float(krum_lambda_bound(jnp.asarray(u), jnp.asarray(mask)))
+    assert got == pytest.approx(_np_lambda_bound(u, mask), rel=1e-4, abs=1e-7)
+    if num_malicious == 6:
+        assert got == 0.0
+
+
+def test_lmp_median_factor_range_signs_and_zero_mean():
+    """Full knowledge: per coordinate the value is beyond the benign extreme opposite ``s_j`` by ``r ~ U[1, b]``
+    (``b = 2`` by default, ``r`` spread over the whole range), on both sides of 0 with extremes inside (-1, 1) and
+    beyond; a coordinate whose benign mean is exactly 0 (``s_j = 0``) is pushed up, beyond ``u_max``."""
+    benign = np.array([[0.3, -0.6, 2.0, -3.0, -1.0, 0.2, -0.9, -0.5],
+                       [0.5, -0.2, 4.0, -2.0, 1.0, 0.6, -0.4, 1.5]], np.float32)  # means: +, -, +, -, 0, +, -, +
+    u = np.concatenate([np.zeros((40, 8), np.float32), benign])
+    mask = np.arange(42) < 40
+    out = np.asarray(attacks.get("lmp").craft(jax.random.PRNGKey(3), _lmp_input(u, mask)))[:40].astype(np.float64)
+    lo, hi = benign.min(0).astype(np.float64), benign.max(0).astype(np.float64)
+    push_down = benign.mean(0) > 0
+    extreme = np.where(push_down, lo, hi)
+    # r = how far beyond the extreme: below a positive u_min is u_min / r, below a negative one u_min * r, etc.
+    grows = np.where(push_down, extreme < 0, extreme > 0)
+    r = np.where(grows, out / extreme, extreme / out)
+    assert np.all(r >= 1 - 1e-6) and np.all(r <= 2 + 1e-6)
+    assert r.min() < 1.1 and r.max() > 1.9  # uniform over [1, b], not a point
+    assert np.all(np.where(push_down, out <= lo + 1e-7, out >= hi - 1e-7))
+    assert np.all(out[:, 4] >= hi[4])  # s_j = 0: the attackers push up
+
+
+def test_lmp_krum_keeps_zero_where_the_benign_mean_is_zero_and_uses_twenty_halvings():
+    """``-lambda s`` is 0 on a coordinate with ``s_j = 0`` (finite, not ``-lambda / s``); with an aggregator whose
+    deviation grows as lambda shrinks, the search ends at the last of its 20 default halvings."""
+    from fedjax_attacks.aggregators import Aggregator, krum
+    rng = np.random.default_rng(5)
+    u = (0.5 + rng.normal(size=(8, 5))).astype(np.float32)
+    u[2:, 4] = np.array([1, -1, 2, -2, 0.5, -0.5], np.float32)  # benign mean exactly 0 on coordinate 4
+    mask = np.arange(8) < 2
+    lam0 = _np_lambda_bound(u, mask)
+    s = np.sign(u[2:].mean(0))
+    assert s[4] == 0
+    craft = jax.jit(attacks.get("lmp", variant="krum").craft)
+    out = np.asarray(craft(None, _lmp_input(u, mask, krum(num_byzantine=2))))
+    assert np.all(np.isfinite(out)) and np.all(out[:, 4] == 0)
+    inverse = Aggregator(init=lambda d: (), update=lambda x, state, **_: (1.0 / (x[0] + 1e-3 * (x[0] == 0)), state),
+                         pre=False, needs=frozenset(), name="inverse")  # -<s, 1 / (-lam s)> = sum(s^2) / lam
+    out = np.asarray(craft(None, _lmp_input(u, mask, inverse)))
+    np.testing.assert_allclose(out[0], -(lam0 * 0.5 ** 19) * s, rtol=1e-4)
+
+
+def test_lmp_krum_search_keeps_the_attack_away_from_zero_mean_coordinates():
+    """Against Krum with a coordinate of benign mean exactly 0, the chosen lambda is the largest halving Krum
+    selects (a loop over the halvings), and not the first one because rows of ``-lambda / s`` are not finite."""
+    from fedjax_attacks.aggregators import krum
+    rng = np.random.default_rng(2)
+    craft, rule = jax.jit(attacks.get("lmp", variant="krum").craft), krum(num_byzantine=3)
+    mask = np.arange(10) < 3
+    for _ in range(20):  # a case where Krum rejects lambda_0 but accepts a halving
+        u = (0.5 + rng.normal(size=(10, 6))).astype(np.float32)
+        u[3:, 5] = np.array([1, -1, 2, -2, 3, -3, 0], np.float32)
+        lam0, s = _np_lambda_bound(u, mask), np.sign(u[3:].mean(0))
+        out = np.asarray(craft(None, _lmp_input(u, mask, rule)))
+        lam = -out[0] @ s / (s @ s)
+        if lam < 0.99 * lam0:
+            break
+    else:
+        pytest.fail("no case where Krum rejects lambda_0")
+    np.testing.assert_allclose(out[0], -lam * s, rtol=1e-5)
+    assert out[0, 5] == 0
+    ks = np.log2(lam0 / lam)
+    assert abs(ks - round(ks)) < 1e-3 and 1 <= round(ks) < 20
+
+
+def test_lmp_accepts_b_of_one_and_refuses_below():
+    """``b >= 1`` (b = 1: the factor r is exactly 1, the attackers sit on the benign extremes)."""
+    u = np.array([[0.0, 0.0], [0.0, 0.0], [1.0, -2.0], [3.0, -1.0]], np.float32)
+    out = np.asarray(attacks.get("lmp", b=1.0).craft(jax.random.PRNGKey(0), _lmp_input(u, np.arange(4) < 2)))
+    np.testing.assert_allclose(out, [[1.0, -1.0]] * 4)  # s = (+, -): below u_min = 1, above u_max = -1
+    with pytest.raises(ValueError, match="b must be"):
+        attacks.get("lmp", b=0.99)

@@ -380,3 +380,39 @@ def test_centered_clipping_at_a_row_whose_rounded_squared_distance_is_negative()
     rule = agg.centered_clipping(1.0)
     got = jax.jit(lambda u, c: rule.update(u, c)[0])(jnp.asarray(x), jnp.asarray(x[0]))
     np.testing.assert_allclose(got, ref_cc(x, 1.0, 1, x[0]), rtol=1e-5)
+
+
+@pytest.mark.parametrize("factory, field, lowest", [
+    (agg.multi_krum, "num_byzantine", 0), (agg.bulyan, "num_byzantine", 0), (agg.mda, "num_byzantine", 0),
+    (agg.mda, "max_subsets", 1), (agg.dnc, "num_byzantine", 0), (agg.dnc, "num_iters", 1),
+    (agg.dnc, "subsample_dim", 1)])
+def test_selection_rules_accept_the_lowest_value_and_refuse_one_below(factory, field, lowest):
+    """Each integer hyperparameter's documented floor is accepted and the integer below it refused (by name)."""
+    factory(**{field: lowest})
+    with pytest.raises(ValueError, match=field):
+        factory(**{field: lowest - 1})
+
+
+def test_dnc_runs_one_iteration_by_default_when_it_subsamples():
+    """With d > subsample_dim (random coordinate subsets), the default equals num_iters = 1, not 2: the second
+    iteration's subset would filter with other coordinates (here it does: the two outlier columns are sampled by
+    different iterations)."""
+    rng = np.random.default_rng(0)
+    x = (3.0 + 0.1 * rng.normal(size=(6, 20_000))).astype(np.float32)
+    x[0, 0] += 50.0  # row 0 is far on column 0 only, row 1 on column 1 only
+    x[1, 1] += 40.0
+    key = jax.random.key(0)
+    one, two = (np.asarray(J(agg.dnc(num_iters=k), key=key)(jnp.asarray(x))) for k in (1, 2))
+    np.testing.assert_array_equal(np.asarray(J(agg.dnc(), key=key)(jnp.asarray(x))), one)
+    assert not np.allclose(one, two)
+
+
+@pytest.mark.parametrize("values", [[-1.0, 0.0, 0.0, 1.05], [-1.05, 0.0, 0.0, 1.0]])
+def test_dnc_centres_on_the_finite_rows_only(values):
+    """One coordinate (rank 1: the second eigenvalue is 0), a NaN row and a near tie between the two extreme rows:
+    the mean is over the finite rows (a NaN row counted as +-1 shifts it and flips which extreme is dropped), and
+    the scores use the top eigenvalue."""
+    x = np.array([[np.nan]] + [[v] for v in values], np.float32)
+    keep = ref_dnc_keep(x, 3)
+    np.testing.assert_allclose(J(agg.dnc(2))(jnp.asarray(x)), x[np.sort(keep)].astype(np.float64).mean(0),
+                               rtol=1e-6)

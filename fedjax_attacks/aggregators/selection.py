@@ -165,8 +165,8 @@ def _dnc_keep(sub, good, num_keep):
     sub = jnp.where(good[:, None], sub, 0)
     mu = jnp.sum(sub, axis=0) / jnp.maximum(jnp.sum(good), 1)
     centred = jnp.where(good[:, None], sub - mu, 0)
-    eigvals, eigvecs = jnp.linalg.eigh(hdot(centred, centred.T))  # top eigenvector u of Z Z^T: <z_i, v>^2 = lam u_i^2
-    scores = eigvals[-1] * eigvecs[:, -1] ** 2
+    eigvecs = jnp.linalg.eigh(hdot(centred, centred.T))[1]  # top eigenvector u of Z Z^T: <z_i, v>^2 = lam u_i^2
+    scores = eigvecs[:, -1] ** 2  # the factor lam > 0 is common to every score: it cannot change which are kept
     scores = jnp.where(good, scores, jnp.inf)
     chosen = lax.top_k(-scores, num_keep)[1]
     return jnp.zeros((n,), bool).at[chosen].set(True)

@@ -46,7 +46,7 @@ MODULES = {
         "tests/test_mutation_kills_robust_rules.py::-k batcher or order_statistic or tiled",
         "tests/test_aggregators.py::-k sorting_network or median_and_trimmed or order_statistics_method"],
     "aggregators/selection.py": [
-        "tests/test_mutation_kills_robust_rules.py::-k krum or bulyan or mda or dnc",
+        "tests/test_mutation_kills_robust_rules.py::-k krum or bulyan or mda or dnc or selection_rules",
         "tests/test_aggregators.py::-k krum_family or nnm_mda or (non_finite_rows and krum)",
         "tests/test_strengthened_aggregators.py::-k krum or bulyan or mda or dnc"],
     "aggregators/reweighting.py": [
@@ -84,8 +84,8 @@ MODULES = {
         "tests/test_attacks.py::-k minmax or minsum or shejwalkar",
         "tests/test_strengthened_attacks.py::-k minmax or minsum"],
     "attacks/lmp.py": [
-        "tests/test_attacks.py::-k lmp or krum_lambda",
-        "tests/test_mutation_kills_attacks.py::-k one_search"],
+        "tests/test_mutation_kills_attacks.py::-k lmp or one_search",
+        "tests/test_attacks.py::-k lmp or krum_lambda"],
     "attacks/stats.py": [
         "tests/test_attacks.py::-k alie or ipm",
         "tests/test_mutation_kills_attacks.py::-k masked or reference_mask"],
