@@ -1,8 +1,12 @@
 """Tests added to kill the mutants of ``make mutation`` that survived the FL tests (issue 18): ``FLConfig.validate``
-on both sides of every boundary (``validate`` only: nothing is traced but the rule's abstract shapes)."""
+on both sides of every boundary (``validate`` only: nothing is traced but the rule's abstract shapes), and the
+mini-batch sampler on a padded client row."""
 
 import dataclasses
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from fedjax_attacks import fl
@@ -66,3 +70,18 @@ def test_fl_config_accepts_a_stateful_rule():
     """Centered clipping keeps a centre of the update's width: the abstract check must build its state for the
     same width as the rows it traces (kills ``rule.init(2)`` -> ``rule.init(3)``)."""
     dataclasses.replace(EDGE, aggregator="centered_clipping").validate()
+
+
+def test_sample_batch_draws_distinct_valid_ids_uniformly_from_a_padded_row():
+    """A client's padded index row (5 valid ids, 3 padding): over 4000 keys every batch holds B distinct valid ids,
+    never padding (a sampler that prefers the largest scores, or counts one slot past ``size``, draws padding), and
+    each valid id is drawn with probability B / size; at B = size the batch is the whole client."""
+    from fedjax_attacks.fl.simulation import sample_batch
+    row = jnp.asarray([100, 101, 102, 103, 104, -1, -1, -1], jnp.int32)
+    keys = jax.random.split(jax.random.PRNGKey(9), 4000)
+    drawn = np.asarray(jax.jit(jax.vmap(lambda k: sample_batch(k, row, jnp.int32(5), 2)))(keys))
+    assert drawn.shape == (4000, 2) and np.all(drawn >= 100) and np.all(drawn[:, 0] != drawn[:, 1])
+    freq = np.bincount(drawn.ravel() - 100, minlength=5) / 4000
+    np.testing.assert_allclose(freq, 2 / 5, atol=0.03)  # binomial sd ~ 0.008
+    whole = np.asarray(jax.jit(lambda k: sample_batch(k, row, jnp.int32(5), 5))(keys[0]))
+    assert sorted(whole.tolist()) == [100, 101, 102, 103, 104]
