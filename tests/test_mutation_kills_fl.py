@@ -85,3 +85,25 @@ def test_sample_batch_draws_distinct_valid_ids_uniformly_from_a_padded_row():
     np.testing.assert_allclose(freq, 2 / 5, atol=0.03)  # binomial sd ~ 0.008
     whole = np.asarray(jax.jit(lambda k: sample_batch(k, row, jnp.int32(5), 5))(keys[0]))
     assert sorted(whole.tolist()) == [100, 101, 102, 103, 104]
+
+
+def test_attacks_are_told_the_knowledge_setting_and_clients_may_hold_exactly_one_batch():
+    """``AttackInput.full_knowledge`` is ``knowledge == "full"`` (a probe attack sends +1 or -1 by it: one FedSGD
+    round moves theta by lr * 2 * (2 / 4) more under partial knowledge); a client holding exactly B samples is
+    enough, one sample fewer is refused."""
+    from fedjax_attacks import attacks, data, models
+    from fedjax_attacks.data import partition
+    digits = data.load("digits")
+    mlp = models.get("mlp", 10, digits.input_shape, hidden=(4,))
+    attacks.register("test_knowledge_probe", lambda: attacks.Attack(
+        name="knowledge_probe", craft=lambda key, inp: jnp.full(inp.updates.shape, 1.0 if inp.full_knowledge else -1.0)))
+    base = fl.FLConfig(num_clients=4, num_malicious=2, clients_per_round=4, batch_size=4, rounds=1, eval_every=1,
+                       lr=0.1, attack="test_knowledge_probe")
+    key = jax.random.PRNGKey(0)
+    full, partial = (np.asarray(jax.jit(fl.make_run(dataclasses.replace(base, knowledge=k), digits, mlp))(key)[0])
+                     for k in ("full", "partial"))
+    np.testing.assert_allclose(partial - full, 0.1 * 2 * 2 / 4, rtol=1e-4)
+    smallest = int(partition(digits.y_train, 4, "iid", seed=base.partition_seed).sizes.min())
+    fl.make_simulation(dataclasses.replace(base, attack="none", batch_size=smallest), digits, mlp)
+    with pytest.raises(ValueError, match="smallest client"):
+        fl.make_simulation(dataclasses.replace(base, attack="none", batch_size=smallest + 1), digits, mlp)
