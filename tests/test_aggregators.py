@@ -27,8 +27,13 @@ def _data(n, d, ties=False, seed=0):
 
 
 def _sqdist(x):
+    """Squared distances, ``+inf`` to and from a non-finite row (0 on the diagonal)."""
     x = x.astype(np.float64)
-    return np.array([[np.sum((a - b) ** 2) for b in x] for a in x])
+    good = np.isfinite(x).all(1)
+    dist = np.array([[np.sum((a - b) ** 2) if ga and gb else np.inf for b, gb in zip(x, good)]
+                     for a, ga in zip(x, good)])
+    np.fill_diagonal(dist, 0.0)
+    return dist
 
 
 # ---------------------------------------------------------------- references (plain NumPy / loops)
@@ -46,7 +51,7 @@ def ref_krum(x, f):
 
 
 def ref_multi_krum(x, f, m):
-    return x[np.argsort(ref_krum_scores(x, f), kind="stable")[:m]].mean(axis=0)
+    return x[np.argsort(ref_krum_scores(x, f), kind="stable")[:m]].astype(np.float64).mean(0)
 
 
 def ref_geomed(x, iters, nu):
@@ -81,7 +86,7 @@ def ref_bulyan(x, f):
         k = max(len(rest) - f - 2, 2)
         scores = [np.sum(np.sort([dist[i, j] for j in rest if j != i])[:k]) for i in rest]
         chosen.append(rest.pop(int(np.argmin(scores))))
-    sel = x[chosen]
+    sel = x[chosen].astype(np.float64)
     out = np.zeros(x.shape[1])
     for c in range(x.shape[1]):
         col = sel[:, c]

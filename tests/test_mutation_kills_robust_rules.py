@@ -10,6 +10,8 @@ import pytest
 
 from fedjax_attacks import aggregators as agg
 
+from test_aggregators import _sqdist, ref_bulyan, ref_krum_scores, ref_multi_krum  # shared references
+
 
 def J(rule, **context):
     """The rule jitted with fixed context: one compile instead of op-by-op dispatch."""
@@ -221,44 +223,6 @@ def test_order_statistic_method_names():
 
 
 # ---------------------------------------------------------------- selection: NumPy references (float64, loops)
-def _sqdist(x):
-    """Squared distances, ``+inf`` to and from a non-finite row (0 on the diagonal)."""
-    x = x.astype(np.float64)
-    good = np.isfinite(x).all(1)
-    dist = np.array([[np.sum((a - b) ** 2) if ga and gb else np.inf for b, gb in zip(x, good)]
-                     for a, ga in zip(x, good)])
-    np.fill_diagonal(dist, 0.0)
-    return dist
-
-
-def ref_krum_scores(x, f):
-    n, dist = len(x), _sqdist(x)
-    return np.array([np.sum(np.sort(np.delete(dist[i], i))[: n - f - 2]) for i in range(n)])
-
-
-def ref_multi_krum(x, f, m):
-    return x[np.argsort(ref_krum_scores(x, f), kind="stable")[:m]].astype(np.float64).mean(0)
-
-
-def ref_bulyan(x, f):
-    n = len(x)
-    theta, beta = n - 2 * f, n - 4 * f
-    dist, rest, chosen = _sqdist(x), list(range(n)), []
-    for _ in range(theta):
-        k = max(len(rest) - f - 2, 2)
-        scores = [np.sum(np.sort([dist[i, j] for j in rest if j != i])[:k]) for i in rest]
-        chosen.append(rest.pop(int(np.argmin(scores))))
-    sel = x[chosen].astype(np.float64)
-    out = np.zeros(x.shape[1])
-    for c in range(x.shape[1]):
-        col = sel[:, c]
-        gaps = np.abs(col - np.median(col))
-        cut = np.sort(gaps)[beta - 1]
-        closer, at = col[gaps < cut], col[gaps == cut]
-        out[c] = (closer.sum() + (beta - len(closer)) * at.mean()) / beta
-    return out
-
-
 def _offset(n, d, seed, ties=False):
     rng = np.random.default_rng(seed)
     if ties:
