@@ -8,7 +8,8 @@ import numpy as np
 import optax
 import pytest
 
-from fedjax_attacks import aggregators, frl
+from fedjax_attacks import aggregators, attacks, frl
+from fedjax_attacks.frl import byzantine as byz
 from fedjax_attacks.rl import policy_gradient as pg
 
 TOY = frl.DecByzPGConfig(num_agents=1, aggregator="mean", agreement="none", large_batch=4, small_batch=2, horizon=30,
@@ -16,7 +17,8 @@ TOY = frl.DecByzPGConfig(num_agents=1, aggregator="mean", agreement="none", larg
 
 
 def reference_ops(config):
-    """Jitted single-agent building blocks: GPOMDP on N fresh trajectories, PAGE-PG on B fresh trajectories.
+    """Jitted single-agent building blocks, each with the mean undiscounted return of the episodes it sampled:
+    GPOMDP on N fresh trajectories, PAGE-PG on B fresh trajectories.
 
     FRL samples in blocks of B episodes, block j with key ``fold_in(key, j)``: the N episodes of a large batch
     are the first N of the concatenated blocks; GPOMDP on them is ``pg.gpomdp`` of that batch.
@@ -34,10 +36,16 @@ def reference_ops(config):
         return pg.sample_trajectories(jax.random.fold_in(key, 0), policy, theta, env, env_params,
                                       num_episodes=config.small_batch, horizon=config.horizon)
 
-    gpomdp = jax.jit(lambda key, theta: pg.gpomdp(policy, theta, large_batch(key, theta), config.gamma))
-    page = jax.jit(lambda key, theta, theta_prev, v: pg.page_pg_estimate(
-        policy, theta, theta_prev, v, small_batch(key, theta), config.gamma))
-    return gpomdp, page
+    def gpomdp(key, theta):
+        traj = large_batch(key, theta)
+        return pg.gpomdp(policy, theta, traj, config.gamma), jnp.mean(pg.episode_returns(traj))
+
+    def page(key, theta, theta_prev, v):
+        traj = small_batch(key, theta)
+        return (pg.page_pg_estimate(policy, theta, theta_prev, v, traj, config.gamma),
+                jnp.mean(pg.episode_returns(traj)))
+
+    return jax.jit(gpomdp), jax.jit(page)
 
 
 def page_pg_loop(config, key, switches):
@@ -51,7 +59,7 @@ def page_pg_loop(config, key, switches):
     for switch in switches:
         key, _, k_sample, _, _, _ = jax.random.split(key, 6)
         k = jax.random.split(k_sample, 1)[0]
-        v = gpomdp(k, theta) if switch else page(k, theta, theta_prev, v)
+        v = (gpomdp(k, theta) if switch else page(k, theta, theta_prev, v))[0]
         updates, opt_state = optimizer.update(-v, opt_state, theta)
         theta_prev, theta = theta, theta + updates
     return theta
@@ -77,27 +85,57 @@ def test_decbyzpg_with_one_agent_is_page_pg(large_batch):
 
 
 def test_byzpg_matches_a_loop_reference():
-    """ByzPG with K = 3 honest workers and the mean: Adam on the mean of the workers' GPOMDP estimates on
-    large-batch iterations, the server's own PAGE-PG step on small-batch ones."""
-    config = dataclasses.replace(TOY, num_agents=3)
+    """ByzPG with K = 4 workers, one Byzantine (drawn afresh each iteration) sending IPM, and the coordinate-wise
+    median: Adam on the median of what the server receives on large-batch iterations, the server's own PAGE-PG
+    step on small-batch ones; ``returns`` is the honest workers' (or the server's) mean episode return. Stepping
+    by blocks of B ends at the same parameters, and its per-block returns weighted by their episodes give the
+    per-iteration ones."""
+    K, N, B = 4, TOY.large_batch, TOY.small_batch
+    config = dataclasses.replace(TOY, num_agents=K, num_byzantine=1, resample_byzantine=True, attack="ipm",
+                                 attack_hparams={"eps": 0.5}, aggregator="median")
     switches = np.array([True, False, True, False])
     alg = frl.make_byzpg(config)
     gpomdp, page = reference_ops(config)
+    attack, rule = attacks.get("ipm", eps=0.5), aggregators.get("median")
     state = alg.init(jax.random.PRNGKey(5), switches)
-    final, _ = jax.jit(alg.iterate)(state, switches)
+    final, history = jax.jit(alg.iterate)(state, switches)
     key, theta = state.key, state.theta
-    theta_prev, v = theta, jnp.zeros_like(theta)
+    theta_prev, v, rule_state = theta, jnp.zeros_like(theta), rule.init(theta.size)
     optimizer = optax.adam(config.learning_rate)
     opt_state = optimizer.init(theta)
-    for switch in switches:
-        key, _, k_sample, _, _ = jax.random.split(key, 5)
+    returns, byzantine_seen = [], []
+    for t, switch in enumerate(switches):
+        key, k_byz, k_sample, k_msg, k_agg = jax.random.split(key, 5)
+        worker_keys = jax.random.split(k_sample, K)
         if switch:
-            v = sum(gpomdp(k, theta) for k in jax.random.split(k_sample, 3)) / 3
+            byzantine = byz.byzantine_mask(k_byz, K, 1, True)
+            estimates, worker_returns = zip(*(gpomdp(k, theta) for k in worker_keys))
+            received = byz.received(k_msg, attack, jnp.stack(estimates), byzantine, t, rule, rule_state, k_agg)
+            v, rule_state = rule.update(received, rule_state, key=k_agg)
+            returns.append(np.mean(np.asarray(worker_returns)[~np.asarray(byzantine)]))
+            byzantine_seen.append(int(np.argmax(byzantine)))
         else:
-            v = page(jax.random.split(k_sample, 3)[0], theta, theta_prev, v)  # the server samples as worker 0
+            v, server_return = page(worker_keys[0], theta, theta_prev, v)  # the server samples as worker 0
+            returns.append(server_return)
         updates, opt_state = optimizer.update(-v, opt_state, theta)
         theta_prev, theta = theta, theta + updates
-    np.testing.assert_allclose(np.asarray(final.theta), np.asarray(theta), rtol=1e-4, atol=1e-5)
+    assert len(set(byzantine_seen)) == 2  # the Byzantine worker was redrawn
+    for got, want in ((final.theta, theta), (final.theta_prev, theta_prev), (final.v, v)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-5)
+    assert int(final.t) == int(final.cursor) == 4
+    np.testing.assert_allclose(np.asarray(history["returns"]), np.asarray(returns), rtol=1e-5)
+    np.testing.assert_array_equal(np.asarray(history["skipped"]), 0)
+    np.testing.assert_array_equal(np.asarray(history["diameter"]), 0.0)
+
+    blocks = frl.block_schedule(switches, config)
+    by_blocks, block_history = jax.jit(alg.iterate)(alg.init(jax.random.PRNGKey(5), blocks), blocks)
+    np.testing.assert_allclose(np.asarray(by_blocks.theta), np.asarray(theta), rtol=1e-4, atol=1e-5)
+    assert int(by_blocks.t) == 4 and int(by_blocks.cursor) == len(blocks.large)
+    np.testing.assert_array_equal(np.asarray(block_history["completed"]), np.asarray(blocks.last))
+    np.testing.assert_array_equal(np.asarray(block_history["trajectories"]), np.asarray(blocks.count))
+    per_iteration = np.add.reduceat(np.asarray(block_history["returns"]) * np.asarray(blocks.count),
+                                    np.nonzero(np.asarray(blocks.index) == 0)[0]) / np.where(switches, N, B)
+    np.testing.assert_allclose(per_iteration, np.asarray(returns), rtol=1e-5)
 
 
 @pytest.mark.parametrize("make", [frl.make_decbyzpg, pytest.param(frl.make_byzpg, marks=pytest.mark.slow)])
@@ -171,7 +209,8 @@ def test_centered_clipping_in_frl_clips_around_its_own_centre():
     assert float(jnp.linalg.norm(second.v - first.v)) <= tau * (1 + 1e-5)
 
 
-@pytest.mark.parametrize("make", [pytest.param(frl.make_decbyzpg, marks=pytest.mark.slow), frl.make_byzpg])
+@pytest.mark.slow  # ~27 s (four programs); test_byzpg_matches_a_loop_reference runs ByzPG under IPM fast
+@pytest.mark.parametrize("make", [frl.make_decbyzpg, frl.make_byzpg])
 def test_ipm_flips_plain_averaging_but_not_the_median(make):
     """IPM (an FL attack) from one of five agents: the mean of the received estimates points against the honest
     mean, the coordinate-wise median does not."""

@@ -95,8 +95,8 @@ def test_attacks_are_told_the_knowledge_setting_and_clients_may_hold_exactly_one
     from fedjax_attacks.data import partition
     digits = data.load("digits")
     mlp = models.get("mlp", 10, digits.input_shape, hidden=(4,))
-    attacks.register("test_knowledge_probe", lambda: attacks.Attack(
-        name="knowledge_probe", craft=lambda key, inp: jnp.full(inp.updates.shape, 1.0 if inp.full_knowledge else -1.0)))
+    probe = lambda key, inp: jnp.full(inp.updates.shape, 1.0 if inp.full_knowledge else -1.0)
+    attacks.register("test_knowledge_probe", lambda: attacks.Attack(name="knowledge_probe", craft=probe))
     base = fl.FLConfig(num_clients=4, num_malicious=2, clients_per_round=4, batch_size=4, rounds=1, eval_every=1,
                        lr=0.1, attack="test_knowledge_probe")
     key = jax.random.PRNGKey(0)
@@ -107,3 +107,71 @@ def test_attacks_are_told_the_knowledge_setting_and_clients_may_hold_exactly_one
     fl.make_simulation(dataclasses.replace(base, attack="none", batch_size=smallest), digits, mlp)
     with pytest.raises(ValueError, match="smallest client"):
         fl.make_simulation(dataclasses.replace(base, attack="none", batch_size=smallest + 1), digits, mlp)
+
+
+def _numbered_dataset(num_classes=4, n=40):
+    """Images whose every pixel is the sample's index (so a row names its sample), labels ``i % num_classes``."""
+    from fedjax_attacks.data import Dataset
+    x = np.broadcast_to(np.arange(n, dtype=np.float32)[:, None, None, None], (n, 2, 2, 1)).copy()
+    y = (np.arange(n) % num_classes).astype(np.int32)
+    return Dataset("numbered", x, y, x[:8], y[:8], num_classes)
+
+
+def test_simulation_root_data_switch_members_and_fields():
+    """``make_simulation`` without tracing a round: the root set is ``root_size`` distinct training samples (drawn
+    without replacement); a ``switch``'s ``label_flip`` member gets the dataset's class count (4 here, not the
+    default 10); ``num_blocks`` is the int ``rounds // eval_every``; the ``Simulation`` is frozen; the server's own
+    update ``g0`` is computed only where the rule needs it (FLTrust), for the attackers and for the server."""
+    from fedjax_attacks import models
+    dataset = _numbered_dataset()
+    mlp = models.get("mlp", 4, dataset.input_shape, hidden=(3,))
+    config = fl.FLConfig(num_clients=4, num_malicious=1, clients_per_round=4, batch_size=2, rounds=6, eval_every=3,
+                         root_size=30, attack="switch",
+                         attack_hparams={"members": (("label_flip", {}), ("none", {})), "index": 0})
+    sim = fl.make_simulation(config, dataset, mlp)
+    root = np.asarray(sim.data.x_root)[:, 0, 0, 0]
+    assert len(root) == 30 and len(np.unique(root)) == 30  # with replacement: P(30 distinct of 40) ~ 1e-6
+    np.testing.assert_array_equal(np.asarray(sim.data.y_root), root.astype(int) % 4)
+    assert sim.config.attack_hparams["members"][0] == ("label_flip", {"num_classes": 4})
+    assert sim.num_blocks == 2 and isinstance(sim.num_blocks, int)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        sim.num_blocks = 3
+    for rule, needed in (("mean", False), ("fltrust", True)):
+        sim = fl.make_simulation(dataclasses.replace(config, aggregator=rule, attack="none", attack_hparams={}),
+                                 dataset, mlp)
+        state, params = sim.init(jax.random.PRNGKey(0)), sim.default_params()
+        rin = jax.eval_shape(sim.client_updates, state, params)
+        assert (rin.server_update is not None) == needed
+        if needed:
+            assert rin.server_update.shape == state.params.shape
+        jax.eval_shape(sim.server_step, state, rin.updates, params)  # FLTrust without g0 fails here
+
+
+def test_simulation_history_counts_the_last_round_and_traced_rule_hyperparameters_apply():
+    """``History.num_malicious_selected`` is the attacker count of a block's last round (3 rounds per block here, the
+    counts of rounds 2 and 3 differ), and ``FLParams.aggregator_hparams`` replaces the config's (centered clipping
+    with a traced tau = 0.1 steps as the config with tau = 0.1 does, not as tau = 1)."""
+    from fedjax_attacks import models
+    dataset = _numbered_dataset()
+    mlp = models.get("mlp", 4, dataset.input_shape, hidden=(3,))
+    config = fl.FLConfig(num_clients=8, num_malicious=4, clients_per_round=4, batch_size=2, rounds=3, eval_every=3,
+                         aggregator="centered_clipping", aggregator_hparams={"tau": 1.0})
+    sim = fl.make_simulation(config, dataset, mlp)
+    params = sim.default_params()
+    submitted = 3.0 + jax.random.normal(jax.random.PRNGKey(1), (4, mlp.num_params))
+    for seed in range(20):  # a key whose last two rounds draw different attacker counts
+        state = start = sim.init(jax.random.PRNGKey(seed))
+        counts = []
+        for _ in range(3):  # the counts depend on the keys only: cheap eager server steps on fixed updates
+            state, metrics = sim.server_step(state, submitted, params)
+            counts.append(int(metrics["num_malicious"]))
+        if counts[1] != counts[2]:
+            break
+    assert counts[1] != counts[2]
+    _, history = jax.jit(sim.step)(start)
+    assert int(history.num_malicious_selected) == counts[2]
+    traced = params.replace(aggregator_hparams={"tau": jnp.float32(0.1)})
+    moved = jax.jit(sim.server_step)(start, submitted, traced)[0].params  # an override is traced
+    small = fl.make_simulation(dataclasses.replace(config, aggregator_hparams={"tau": 0.1}), dataset, mlp)
+    np.testing.assert_allclose(moved, small.server_step(start, submitted, params)[0].params, rtol=1e-6)
+    assert not np.allclose(moved, sim.server_step(start, submitted, params)[0].params, atol=1e-3)

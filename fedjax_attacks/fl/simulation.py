@@ -77,7 +77,8 @@ class History(NamedTuple):
     """Per evaluated round (every ``eval_every`` rounds, after the update): arrays of length T / eval_every.
 
     ``num_skipped`` counts the rounds of the block whose aggregate was unusable (NaN/Inf, or a squared norm that
-    overflows): refused under ``FLConfig.on_nonfinite="skip"``, applied anyway under ``"apply"``."""
+    overflows): refused under ``FLConfig.on_nonfinite="skip"``, applied anyway under ``"apply"``.
+    ``num_malicious_selected`` is the attacker count of the block's last round."""
 
     round: jax.Array
     test_accuracy: jax.Array

@@ -97,11 +97,12 @@ MODULES = {
         "tests/test_fl.py::-k bad_config or refused or must_match",
         "tests/test_config_fuzz.py::-k fl_config_fuzz_validation"],
     "fl/simulation.py": [
-        "tests/test_mutation_kills_fl.py::-k sample_batch or knowledge_setting",
+        "tests/test_mutation_kills_fl.py::-k sample_batch or knowledge_setting or simulation_",
         "tests/test_fl.py::-k python_loop or sample_clients_is_without or partial_knowledge_hides or bad_config or refused",
         "tests/test_strengthened_fl.py",
-        "tests/test_robustness.py::-k server_skips or label_flip_uses",
-        "tests/test_attacks_fl.py::-k label_flip or switch"],
+        "tests/test_robustness.py::-k server_skips or label_flip_uses or raise_names",
+        "tests/test_attacks_fl.py::-k label_flip or switch",
+        "tests/test_interfaces.py::-k vmapped_attack_sweep or fl_params_override"],
     "frl/config.py": [
         "tests/test_mutation_kills_frl.py",
         "tests/test_frl.py::-k config_validation or switches_count",
@@ -117,6 +118,14 @@ MODULES = {
     "frl/base.py": [
         "tests/test_mutation_kills_frl_algorithms.py",
         "tests/test_frl_blocks.py::-k greedy_returns",
+        "tests/test_frl_sharding.py::-k mesh_without"],
+    "frl/byzpg.py": [
+        "tests/test_frl.py::-k byzpg_matches or centered_clipping or config_validation",
+        "tests/test_frl_blocks.py::-k greedy_returns or validation_refuses",
+        "tests/test_frl_sharding.py::-k mesh_without"],
+    "frl/decbyzpg.py": [
+        "tests/test_frl.py::-k decbyzpg_with_one or avg_zero or threads_the or config_validation",
+        "tests/test_frl_coverage.py::-k random_actions or fresh_noise",
         "tests/test_frl_sharding.py::-k mesh_without"],
     "frl/batch.py::shape_key,group_by_shape,default_steps": [
         "tests/test_frl_blocks.py::-k validation_refuses or steps_are_checked"],
@@ -196,7 +205,8 @@ def main(argv=None):
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--limit", type=int, default=0, help="at most this many mutants per module (0: all)")
     parser.add_argument("--survivors-only", action="store_true",
-                        help="rerun only the mutants that survived the last run (after adding tests)")
+                        help="rerun only the mutants that survived the last run or that it did not reach "
+                             "(after adding tests)")
     parser.add_argument("--scores", default="scores.json",
                         help="file under results/mutation/ for the scores (another than the default also gets its own "
                              "<name>_survivors.txt)")
@@ -279,9 +289,10 @@ def worker(work: Path, module: str, limit: int, survivors_only: bool = False):
              and inside(item.mutations[0].start_pos[0])]
     items = items[:limit] if limit else items
     if survivors_only:
-        alive = {(r["operator"], r["occurrence"]) for r in json.loads((work / "previous.json").read_text())
-                 if r["outcome"] != "killed"}
-        items = [item for item in items if (item.mutations[0].operator_name, item.mutations[0].occurrence) in alive]
+        killed = {(r["operator"], r["occurrence"]) for r in json.loads((work / "previous.json").read_text())
+                  if r["outcome"] == "killed"}  # the rest: survivors and mutants an interrupted run did not reach
+        items = [item for item in items
+                 if (item.mutations[0].operator_name, item.mutations[0].occurrence) not in killed]
     args = pytest_args(MODULES[module])
 
     def run_tests(timeout):
