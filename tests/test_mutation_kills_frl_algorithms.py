@@ -153,3 +153,12 @@ def test_estimates_differ_between_the_variants(estimates):
     got, _ = estimates
     for a, b in (("small", "per_step"), ("small", "random")):
         assert not np.allclose(np.asarray(got[a][0][0]), np.asarray(got[b][0][0]), rtol=1e-3)
+
+
+def test_make_byzpg_takes_a_plain_config_by_keyword():
+    """ByzPG is built from a ``ByzPGConfig`` (no agreement fields, so no ``aggregate_every_iteration``), passed by
+    keyword as well as by position; only the environment and policy are built (nothing is traced)."""
+    plain = frl.ByzPGConfig(num_agents=2, aggregator="mean", large_batch=4, small_batch=2, horizon=10, hidden=(4,))
+    assert not hasattr(plain, "aggregate_every_iteration")
+    alg = frl.make_byzpg(config=plain)
+    assert alg.policy.num_params == frl.make_byzpg(plain).policy.num_params > 0

@@ -120,6 +120,7 @@ MODULES = {
         "tests/test_frl_blocks.py::-k greedy_returns",
         "tests/test_frl_sharding.py::-k mesh_without"],
     "frl/byzpg.py": [
+        "tests/test_mutation_kills_frl_algorithms.py::-k plain_config",
         "tests/test_frl.py::-k byzpg_matches or centered_clipping or config_validation",
         "tests/test_frl_blocks.py::-k greedy_returns or validation_refuses",
         "tests/test_frl_sharding.py::-k mesh_without"],
