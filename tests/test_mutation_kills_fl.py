@@ -121,7 +121,8 @@ def test_simulation_root_data_switch_members_and_fields():
     """``make_simulation`` without tracing a round: the root set is ``root_size`` distinct training samples (drawn
     without replacement); a ``switch``'s ``label_flip`` member gets the dataset's class count (4 here, not the
     default 10); ``num_blocks`` is the int ``rounds // eval_every``; the ``Simulation`` is frozen; the server's own
-    update ``g0`` is computed only where the rule needs it (FLTrust), for the attackers and for the server."""
+    update ``g0`` is computed only where the rule needs it (FLTrust), for the attackers and for the server; a switch
+    starts at its ``index`` (0 when it names none)."""
     from fedjax_attacks import models
     dataset = _numbered_dataset()
     mlp = models.get("mlp", 4, dataset.input_shape, hidden=(3,))
@@ -134,6 +135,9 @@ def test_simulation_root_data_switch_members_and_fields():
     np.testing.assert_array_equal(np.asarray(sim.data.y_root), root.astype(int) % 4)
     assert sim.config.attack_hparams["members"][0] == ("label_flip", {"num_classes": 4})
     assert sim.num_blocks == 2 and isinstance(sim.num_blocks, int)
+    for hparams, index in (({"index": 1}, 1), ({}, 0)):  # a switch without an index starts at its first member
+        switch = dataclasses.replace(config, attack_hparams={"members": config.attack_hparams["members"], **hparams})
+        assert int(fl.make_simulation(switch, dataset, mlp).default_params().attack_index) == index
     with pytest.raises(dataclasses.FrozenInstanceError):
         sim.num_blocks = 3
     for rule, needed in (("mean", False), ("fltrust", True)):

@@ -162,3 +162,23 @@ def test_make_byzpg_takes_a_plain_config_by_keyword():
     assert not hasattr(plain, "aggregate_every_iteration")
     alg = frl.make_byzpg(config=plain)
     assert alg.policy.num_params == frl.make_byzpg(plain).policy.num_params > 0
+
+
+@pytest.mark.parametrize("make", [frl.make_byzpg, frl.make_decbyzpg])
+def test_an_overflowing_direction_is_refused_and_a_finite_one_is_not(make):
+    """A direction whose squared norm overflows float32 (finite entries of 1e30 from the one Byzantine sender,
+    averaged) is refused like a NaN: theta, v and Adam's state stay, and ``skipped`` counts it (every honest agent
+    of DecByzPG, the server of ByzPG). Entries of 1e3 are stepped along."""
+    from fedjax_attacks import attacks
+    for value in (1e30, 1e3):
+        attacks.register("test_constant", lambda value=value: attacks.Attack(
+            "test_constant", lambda key, inp: jnp.full_like(inp.updates, value)), overwrite=True)
+        config = dataclasses.replace(CFG, num_byzantine=1, attack="test_constant")
+        alg = make(config)
+        state = alg.init(jax.random.key(0), np.ones(1, bool))
+        stepped, history = jax.jit(alg.step)(state)
+        refused = value > 1e20
+        honest = 2 if make is frl.make_decbyzpg else 1
+        assert int(history["skipped"]) == (honest if refused else 0)
+        assert np.array_equal(np.asarray(stepped.theta), np.asarray(state.theta)) == refused
+        assert np.all(np.isfinite(np.asarray(stepped.v))) and np.all(np.isfinite(np.asarray(stepped.theta)))
