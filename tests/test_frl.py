@@ -138,6 +138,92 @@ def test_byzpg_matches_a_loop_reference():
     np.testing.assert_allclose(per_iteration, np.asarray(returns), rtol=1e-5)
 
 
+def _gda_reference(own, received, f):
+    """Greedy diameter averaging in NumPy: the mean of the ``n - f`` received rows nearest to ``own``."""
+    nearest = np.argsort(np.linalg.norm(received - own, axis=1))[:len(received) - f]
+    return received[nearest].mean(axis=0)
+
+
+def test_decbyzpg_matches_a_loop_reference():
+    """DecByzPG (Algorithm 2) with K = 4 agents, one Byzantine (drawn afresh each iteration) sending ALIE
+    (``mu - z sigma`` of the honest rows, z = 1) both as its estimate and in every agreement round, the
+    coordinate-wise median and GDA, against a Python loop with NumPy ALIE, median and GDA: each agent aggregates
+    what it receives on large batches (``v^(i)`` is the aggregate), takes its own PAGE-PG step on small ones, steps
+    Adam, then ``ceil(log2 K) = 2`` agreement rounds, in which agents that drifted apart keep different rows. ``returns`` is the honest agents' mean episode return and
+    ``diameter`` the honest agents' spread after agreement. Stepping by blocks of B ends at the same parameters;
+    its in-iteration blocks report the honest diameter at the iteration's start and no step."""
+    K, f = 4, 1
+    config = dataclasses.replace(TOY, num_agents=K, num_byzantine=f, resample_byzantine=True, attack="alie",
+                                 attack_hparams={"z": 1.0}, aggregator="median", agreement="gda")
+    switches = np.array([True, False, True, False])
+    alg = frl.make_decbyzpg(config)
+    gpomdp, page = reference_ops(config)
+    state = alg.init(jax.random.PRNGKey(7), switches)
+    final, history = jax.jit(alg.iterate)(state, switches)
+    key, theta = state.key, np.asarray(state.theta)
+    theta_prev, v = theta, np.zeros_like(theta)
+    optimizer = optax.adam(config.learning_rate)
+    opt_states = [optimizer.init(jnp.asarray(row)) for row in theta]
+    returns, diameters, byzantine_seen, start_diameters = [], [], [], []
+
+    def spread(rows):
+        return max(np.linalg.norm(a - b) for a in rows for b in rows)
+
+    def with_alie(rows, byzantine):
+        honest = rows[~byzantine]
+        return np.where(byzantine[:, None], honest.mean(axis=0) - honest.std(axis=0), rows)
+
+    for t, switch in enumerate(switches):
+        key, k_byz, k_sample, _, _, k_agree = jax.random.split(key, 6)
+        byzantine = np.asarray(byz.byzantine_mask(k_byz, K, f, True))
+        agent_keys = jax.random.split(k_sample, K)
+        start_diameters.append(spread(theta[~byzantine]))
+        if switch:
+            own, agent_returns = zip(*(gpomdp(k, row) for k, row in zip(agent_keys, theta)))
+            own = np.asarray(own)
+            v = np.repeat(np.median(with_alie(own, byzantine), axis=0)[None], K, axis=0)  # every recipient alike
+        else:
+            v, agent_returns = map(np.asarray, zip(*(page(k, th, th_prev, vi) for k, th, th_prev, vi
+                                                     in zip(agent_keys, theta, theta_prev, v))))
+        stepped = []
+        for i in range(K):
+            updates, opt_states[i] = optimizer.update(-jnp.asarray(v[i]), opt_states[i], jnp.asarray(theta[i]))
+            stepped.append(theta[i] + np.asarray(updates))
+        agreed = np.asarray(stepped)
+        for _ in range(config.num_rounds):  # every agent, the Byzantine one included, runs GDA on what it gets
+            received = with_alie(agreed, byzantine)
+            agreed = np.asarray([_gda_reference(own, received, f) for own in agreed])
+        theta_prev, theta = theta, agreed
+        returns.append(np.mean(np.asarray(agent_returns)[~byzantine]))
+        diameters.append(spread(theta[~byzantine]))
+        byzantine_seen.append(int(np.argmax(byzantine)))
+    assert len(set(byzantine_seen)) >= 2  # the Byzantine agent was redrawn
+    assert min(diameters[1], diameters[3]) > 1e-4  # the small-batch steps spread the agents, GDA keeps some
+    for got, want in ((final.theta, theta), (final.theta_prev, theta_prev), (final.v, v)):
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5)
+    assert int(final.t) == int(final.cursor) == 4
+    np.testing.assert_allclose(np.asarray(history["returns"]), returns, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(history["diameter"]), diameters, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(history["skipped"]), 0)
+
+    blocks = frl.block_schedule(switches, config)
+    by_blocks, block_history = jax.jit(alg.iterate)(alg.init(jax.random.PRNGKey(7), blocks), blocks)
+    np.testing.assert_allclose(np.asarray(by_blocks.theta), theta, rtol=1e-4, atol=1e-5)
+    assert int(by_blocks.t) == 4 and int(by_blocks.cursor) == len(blocks.large)
+    np.testing.assert_array_equal(np.asarray(block_history["completed"]), np.asarray(blocks.last))
+    ends = np.nonzero(np.asarray(blocks.last))[0]
+    np.testing.assert_allclose(np.asarray(block_history["diameter"])[ends], diameters, atol=1e-5)
+    inside = np.nonzero(~np.asarray(blocks.last))[0]
+    iteration = np.cumsum(np.asarray(blocks.index) == 0) - 1
+    assert len(inside) and np.all(np.asarray(block_history["skipped"])[inside] == 0)
+    np.testing.assert_allclose(np.asarray(block_history["diameter"])[inside],
+                               np.asarray(start_diameters)[iteration[inside]], atol=1e-5)
+    starts = np.nonzero(np.asarray(blocks.index) == 0)[0]
+    per_iteration = np.add.reduceat(np.asarray(block_history["returns"]) * np.asarray(blocks.count), starts)
+    np.testing.assert_allclose(per_iteration / np.where(switches, config.large_batch, config.small_batch), returns,
+                               rtol=1e-5)
+
+
 @pytest.mark.parametrize("make", [frl.make_decbyzpg, pytest.param(frl.make_byzpg, marks=pytest.mark.slow)])
 def test_avg_zero_cancels_plain_averaging(make):
     """AvgZero makes every mean-aggregated large-batch estimate 0 (up to float rounding, which Adam's

@@ -14,6 +14,7 @@ from fedjax_attacks import aggregators, frl
 from fedjax_attacks.frl import base
 from fedjax_attacks.frl.config import Blocks
 from fedjax_attacks.rl import policy_gradient as pg
+from test_frl_blocks import _coins  # the coins a seed's schedule completes
 
 # N = 5, B = 3: a large batch is 2 blocks, the last counting 2 episodes; gamma away from 1 so it shows
 CFG = frl.DecByzPGConfig(num_agents=3, aggregator="mean", agreement="none", large_batch=5, small_batch=3, horizon=6,
@@ -182,3 +183,42 @@ def test_an_overflowing_direction_is_refused_and_a_finite_one_is_not(make):
         assert int(history["skipped"]) == (honest if refused else 0)
         assert np.array_equal(np.asarray(stepped.theta), np.asarray(state.theta)) == refused
         assert np.all(np.isfinite(np.asarray(stepped.v))) and np.all(np.isfinite(np.asarray(stepped.theta)))
+
+
+@pytest.mark.parametrize("algorithm", ["dec", pytest.param("byz", marks=pytest.mark.slow)])
+def test_variants_by_iterations_equal_each_run_on_its_seeds_coins(algorithm):
+    """``batch.make_variants`` at toy size on this CPU's default steps (``"iterations"``): two variants (plain
+    averaging; the median against a LargeNoise sender that also acts at random, not redrawn) x two seeds with their
+    own coins, as one program, end where each variant's run on each seed's coins ends, with the same per-iteration
+    returns; ``greedy`` scores each variant's honest agents (DecByzPG skips the fixed Byzantine agent 0, ByzPG
+    scores the server) as ``base.greedy_returns`` does. Without agreement the agents differ, and so do their
+    greedy returns (horizon 30). The slow
+    ``tests/test_frl_blocks.py`` checks the same at a larger size and by blocks."""
+    from fedjax_attacks.frl import batch
+    small = dataclasses.replace(CFG, large_batch=4, small_batch=2, horizon=30, switch_prob=0.5)
+    configs = {"mean": small, "attacked": dataclasses.replace(
+        small, num_byzantine=1, attack="large_noise", random_actions=True, aggregator="median")}
+    schedules = frl.sample_block_schedules(jax.random.key(1), small, 8, num_seeds=2, whole_iterations=True)
+    assert not np.array_equal(schedules.large[0], schedules.large[1])
+    keys = jax.random.split(jax.random.key(0), 2)
+    variants = batch.make_variants(configs, algorithm)
+    assert variants.steps == "iterations" and variants.labels == ("mean", "attacked")
+    final, histories = jax.jit(variants.iterate)(jax.jit(variants.init)(keys, schedules), schedules)
+    greedy = jax.jit(variants.greedy, static_argnums=2)(jax.random.key(2), final, 1)
+    assert greedy.shape == (2, 2)
+    make = frl.make_decbyzpg if algorithm == "dec" else frl.make_byzpg
+    env, env_params, policy = base.make_env_and_policy(small)
+    greedy_keys = jax.random.split(jax.random.key(2), 2)
+    for v, (config, state, history) in enumerate(zip(configs.values(), final, histories)):
+        run = jax.jit(make(config).run)
+        for seed in range(2):
+            expected, expected_history = run(keys[seed], _coins(schedules, seed))
+            np.testing.assert_allclose(np.asarray(state.theta[seed]), np.asarray(expected.theta), rtol=1e-5,
+                                       atol=1e-6)
+            assert int(state.t[seed]) == int(expected.t) == int(np.sum(schedules.last[seed]))
+            done = int(expected.t)
+            np.testing.assert_allclose(np.asarray(history["returns"][seed][:done]),
+                                       np.asarray(expected_history["returns"]), rtol=1e-5)
+            honest = state.theta[seed].reshape(-1, policy.num_params)[1 if algorithm == "dec" and v else 0:]
+            want = base.greedy_returns(greedy_keys[seed], policy, honest, env, env_params, config, 1)
+            np.testing.assert_allclose(float(greedy[v, seed]), float(jnp.mean(want)), rtol=1e-6)
