@@ -20,7 +20,7 @@ test: $(STAMP)
 
 # Longer end-to-end runs (benchmarks at --quick size, full notebooks), outside `make test`.
 test-slow: $(STAMP)
-	$(PY) -m pytest tests -m slow -n auto --dist loadfile
+	FEDJAX_TEST_OPTIMIZED=1 $(PY) -m pytest tests -m slow -n auto --dist loadfile
 
 # The fast suite with float32 matmuls and convolutions rounded as a TF32 GPU does (tests/tf32.py): checks on any
 # machine that no result depends on the device's default precision.

@@ -6,6 +6,10 @@
   compilation cache, so a program compiled by one test is not compiled again by another (``make test`` spends
   much of its time compiling). It lives in a temporary directory removed after the run; set
   ``JAX_COMPILATION_CACHE_DIR`` to keep one yourself.
+- The fast suite compiles with ``jax_disable_most_optimizations`` (also in the environment, for subprocesses): its
+  programs are toy-sized, so XLA's optimization passes cost more than they save (about a third of the suite's
+  time on a 2-core CPU). The results are the same programs' results; ``make test-slow`` (longer runs, where
+  optimized code pays) and anything run with ``FEDJAX_TEST_OPTIMIZED=1`` compile as users do.
 """
 
 import os
@@ -29,6 +33,9 @@ def pytest_configure(config):
         _OWN_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="fedjax_attacks_jit_")
     jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    if os.environ.get("FEDJAX_TEST_OPTIMIZED") != "1":
+        os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
+        jax.config.update("jax_disable_most_optimizations", True)
 
 
 def pytest_unconfigure(config):

@@ -23,15 +23,21 @@ GOLDEN = pathlib.Path(__file__).parent / "data" / "centered_clipping_fl_golden.n
 def test_centered_clipping_state_reproduces_the_previous_history_bit_for_bit(attack):
     """The golden file was written by the library before centered clipping's centre moved into its state (the FL
     loop then passed the previous aggregate as context): the threaded state must give the same run, bit for bit.
-    The file was written on a CPU at full float32 precision, so this compares on a CPU only."""
+    The file was written on a CPU at full float32 precision by an optimized program, so this compares on a CPU
+    only, compiled with XLA's optimizations."""
     if jax.default_backend() != "cpu":
         pytest.skip("the golden history is a CPU's; other devices sum floats in other orders")
     golden = np.load(GOLDEN)
     config = fl.FLConfig(num_clients=20, num_malicious=4, clients_per_round=5, batch_size=4, lr=0.1, rounds=12,
                          eval_every=3, aggregator="centered_clipping",
                          aggregator_hparams={"tau": 0.5, "num_iters": 2}, attack=attack)
-    with jax.default_matmul_precision("highest"):  # as written (and not rounded by `make test-tf32`)
-        params, history = jax.jit(fl.make_run(config, DIGITS, MLP))(jax.random.PRNGKey(3))
+    unoptimized = jax.config.read("jax_disable_most_optimizations")  # the fast suite's setting (tests/conftest.py)
+    jax.config.update("jax_disable_most_optimizations", False)  # the file was written by an optimized program
+    try:
+        with jax.default_matmul_precision("highest"):  # as written (and not rounded by `make test-tf32`)
+            params, history = jax.jit(fl.make_run(config, DIGITS, MLP))(jax.random.PRNGKey(3))
+    finally:
+        jax.config.update("jax_disable_most_optimizations", unoptimized)
     np.testing.assert_array_equal(np.asarray(params), golden[f"{attack}_params"])
     np.testing.assert_array_equal(np.asarray(history.test_accuracy), golden[f"{attack}_acc"])
     np.testing.assert_array_equal(np.asarray(history.test_loss), golden[f"{attack}_loss"])

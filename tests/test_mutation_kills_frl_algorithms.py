@@ -1,6 +1,8 @@
 """Tests added to kill the mutants of ``make mutation`` that survived the FRL algorithm tests (issue 18): the pieces
 of ``frl/base.py`` (block sampling and its GPOMDP / PAGE-PG estimates, keys, counts, schedules, the aggregator)
-against ``policy_gradient``'s own estimators on the same trajectories, at toy size (a few compiles)."""
+against ``policy_gradient``'s own estimators on the same trajectories, ByzPG's and DecByzPG's refusal of a
+non-finite direction, and ``frl/batch.py``'s ``make_variants`` against each variant's own runs, at toy size (a few
+compiles)."""
 
 import dataclasses
 
@@ -166,23 +168,45 @@ def test_make_byzpg_takes_a_plain_config_by_keyword():
 
 
 @pytest.mark.parametrize("make", [frl.make_byzpg, frl.make_decbyzpg])
-def test_an_overflowing_direction_is_refused_and_a_finite_one_is_not(make):
-    """A direction whose squared norm overflows float32 (finite entries of 1e30 from the one Byzantine sender,
-    averaged) is refused like a NaN: theta, v and Adam's state stay, and ``skipped`` counts it (every honest agent
-    of DecByzPG, the server of ByzPG). Entries of 1e3 are stepped along."""
+def test_overflowing_and_nan_directions_are_refused(make):
+    """The one Byzantine sender sends entries of 1e30 (finite, but the averaged direction's squared norm overflows
+    float32), then NaN: both directions are refused, so theta, v and Adam's state stay where they started, and
+    ``skipped`` counts each iteration (every honest agent of DecByzPG, the server of ByzPG). The loop references
+    in ``tests/test_frl.py`` check that finite directions are stepped along with ``skipped = 0``."""
     from fedjax_attacks import attacks
-    for value in (1e30, 1e3):
-        attacks.register("test_constant", lambda value=value: attacks.Attack(
-            "test_constant", lambda key, inp: jnp.full_like(inp.updates, value)), overwrite=True)
-        config = dataclasses.replace(CFG, num_byzantine=1, attack="test_constant")
-        alg = make(config)
-        state = alg.init(jax.random.key(0), np.ones(1, bool))
-        stepped, history = jax.jit(alg.step)(state)
-        refused = value > 1e20
-        honest = 2 if make is frl.make_decbyzpg else 1
-        assert int(history["skipped"]) == (honest if refused else 0)
-        assert np.array_equal(np.asarray(stepped.theta), np.asarray(state.theta)) == refused
-        assert np.all(np.isfinite(np.asarray(stepped.v))) and np.all(np.isfinite(np.asarray(stepped.theta)))
+    attacks.register("test_overflow_then_nan", lambda: attacks.Attack("test_overflow_then_nan", lambda key, inp: (
+        jnp.full_like(inp.updates, jnp.where(inp.round == 0, 1e30, jnp.nan)))), overwrite=True)
+    alg = make(dataclasses.replace(CFG, num_byzantine=1, attack="test_overflow_then_nan"))
+    coins = np.ones(2, bool)
+    state = alg.init(jax.random.key(0), coins)
+    final, history = jax.jit(alg.iterate)(state, coins)
+    honest = 2 if make is frl.make_decbyzpg else 1
+    np.testing.assert_array_equal(np.asarray(history["skipped"]), [honest, honest])
+    for got, start in ((final.theta, state.theta), (final.v, state.v), (final.opt_state, state.opt_state)):
+        jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), got, start)
+
+
+def test_variants_take_mesh_and_steps_by_keyword_and_trace_on_one_device_meshes():
+    """``make_variants``' ``mesh`` and ``steps`` are keyword-only; ``"iterations"`` over a seeds x agents mesh is
+    refused; on one-device meshes (seeds only; seeds x agents) both kinds of steps trace (``jax.eval_shape``, so
+    nothing compiles) to one state per seed. The forced-device tests of ``tests/test_frl_sharding.py`` (slow)
+    check the sharded values."""
+    from fedjax_attacks.frl import batch
+    device = np.array(jax.devices()[:1])
+    seeds, grid = Mesh(device, ("seeds",)), Mesh(device.reshape(1, 1), ("seeds", "agents"))
+    with pytest.raises(TypeError):
+        batch.make_variants({"a": CFG}, "dec", None, None, seeds)
+    with pytest.raises(ValueError, match="blocks"):
+        batch.make_variants({"a": CFG}, "dec", mesh=grid, steps="iterations")
+    keys = jax.random.split(jax.random.key(0), 2)
+    for mesh, steps in ((seeds, "iterations"), (seeds, "blocks"), (grid, "blocks")):
+        schedules = frl.sample_block_schedules(jax.random.key(1), CFG, 8, num_seeds=2,
+                                               whole_iterations=steps == "iterations")
+        variants = batch.make_variants({"a": CFG}, "dec", mesh=mesh, steps=steps)
+        states = jax.eval_shape(variants.init, keys, schedules)
+        final, history = jax.eval_shape(variants.iterate, states, schedules)
+        assert final[0].theta.shape == (2, CFG.num_agents, states[0].theta.shape[-1])
+        assert history[0]["returns"].shape == schedules.large.shape
 
 
 @pytest.mark.parametrize("algorithm", ["dec", pytest.param("byz", marks=pytest.mark.slow)])

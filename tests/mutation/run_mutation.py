@@ -120,24 +120,24 @@ MODULES = {
         "tests/test_frl_blocks.py::-k greedy_returns",
         "tests/test_frl_sharding.py::-k mesh_without"],
     "frl/byzpg.py": [
-        "tests/test_mutation_kills_frl_algorithms.py::-k plain_config or overflowing",
+        "tests/test_mutation_kills_frl_algorithms.py::-k plain_config or overflowing_and_nan",
         "tests/test_frl.py::-k test_byzpg_matches or centered_clipping or config_validation",
         "tests/test_frl_blocks.py::-k greedy_returns or validation_refuses",
         "tests/test_frl_sharding.py::-k mesh_without"],
     "frl/decbyzpg.py": [
         "tests/test_frl.py::-k decbyzpg_with_one or decbyzpg_matches or avg_zero or threads_the or config_validation",
-        "tests/test_mutation_kills_frl_algorithms.py::-k overflowing or variants_by_iterations",
+        "tests/test_mutation_kills_frl_algorithms.py::-k overflowing_and_nan or variants_by_iterations",
         "tests/test_frl_coverage.py::-k random_actions or fresh_noise",
         "tests/test_frl_sharding.py::-k mesh_without"],
     "frl/base.py::make_attack,make_env_and_policy,sample_blocks,_block_estimate,sample_large_batch,greedy_returns": [
-        "tests/test_mutation_kills_frl_algorithms.py::-k sample_blocks_match or estimates_differ or overflowing",
+        "tests/test_mutation_kills_frl_algorithms.py::-k sample_blocks_match or estimates_differ or overflowing_and_nan",
         "tests/test_frl_blocks.py::-k greedy_returns",
         "tests/test_frl.py::-k decbyzpg_with_one or decbyzpg_matches"],
     "frl/batch.py::shape_key,group_by_shape,default_steps": [
         "tests/test_frl_blocks.py::-k validation_refuses or steps_are_checked"],
     "frl/batch.py::make_variants": [
         "tests/test_frl_blocks.py::-k validation_refuses or steps_are_checked",
-        "tests/test_mutation_kills_frl_algorithms.py::-k variants_by_iterations"],
+        "tests/test_mutation_kills_frl_algorithms.py::-k variants_take_mesh or variants_by_iterations"],
     "models/zoo.py": [
         "tests/test_mutation_kills_models.py::-k zoo_model or get_validates",
         "tests/test_models.py::-k paper_cnn_layer_shapes"],
