@@ -1,4 +1,4 @@
-"""ByzPG / DecByzPG with ``mesh=``: agents sharded over forced CPU devices equal the unsharded run.
+"""ByzPG / DecByzPG with ``mesh=``: agents (workers) sharded over forced CPU devices equal the unsharded run.
 
 The sharded run needs several devices, so it runs in a subprocess with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` (the rest of the suite keeps one device).
@@ -38,6 +38,10 @@ SCRIPT = textwrap.dedent("""
     np.testing.assert_allclose(np.asarray(sharded.theta), np.asarray(plain.theta), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(sharded_history["returns"]), np.asarray(plain_history["returns"]),
                                rtol=1e-5)
+    # ByzPG: the K workers' sampling split over "agents"; the server samples alone on small-batch iterations
+    plain, _ = jax.jit(frl.make_byzpg(config).run)(key, coins)
+    sharded, _ = jax.jit(frl.make_byzpg(config, mesh=agents).run)(key, coins)
+    np.testing.assert_allclose(np.asarray(sharded.theta), np.asarray(plain.theta), rtol=1e-5, atol=1e-6)
 
     if sys.argv[1] == "figure":  # seeds over "seeds" and agents over "agents" in the figure runner (2 x 2)
         grid = Mesh(np.array(jax.devices()).reshape(2, 2), ("seeds", "agents"))
