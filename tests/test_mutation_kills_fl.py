@@ -89,20 +89,20 @@ def test_sample_batch_draws_distinct_valid_ids_uniformly_from_a_padded_row():
 
 def test_attacks_are_told_the_knowledge_setting_and_clients_may_hold_exactly_one_batch():
     """``AttackInput.full_knowledge`` is ``knowledge == "full"`` (a probe attack sends +1 or -1 by it: one FedSGD
-    round moves theta by lr * 2 * (2 / 4) more under partial knowledge); a client holding exactly B samples is
-    enough, one sample fewer is refused."""
+    round moves theta by lr * 2 * (1 / 4) more under partial knowledge; one malicious client is enough to attack);
+    a client holding exactly B samples is enough, one sample fewer is refused."""
     from fedjax_attacks import attacks, data, models
     from fedjax_attacks.data import partition
     digits = data.load("digits")
     mlp = models.get("mlp", 10, digits.input_shape, hidden=(4,))
     probe = lambda key, inp: jnp.full(inp.updates.shape, 1.0 if inp.full_knowledge else -1.0)
     attacks.register("test_knowledge_probe", lambda: attacks.Attack(name="knowledge_probe", craft=probe))
-    base = fl.FLConfig(num_clients=4, num_malicious=2, clients_per_round=4, batch_size=4, rounds=1, eval_every=1,
+    base = fl.FLConfig(num_clients=4, num_malicious=1, clients_per_round=4, batch_size=4, rounds=1, eval_every=1,
                        lr=0.1, attack="test_knowledge_probe")
     key = jax.random.PRNGKey(0)
     full, partial = (np.asarray(jax.jit(fl.make_run(dataclasses.replace(base, knowledge=k), digits, mlp))(key)[0])
                      for k in ("full", "partial"))
-    np.testing.assert_allclose(partial - full, 0.1 * 2 * 2 / 4, rtol=1e-4)
+    np.testing.assert_allclose(partial - full, 0.1 * 2 * 1 / 4, rtol=1e-4)
     smallest = int(partition(digits.y_train, 4, "iid", seed=base.partition_seed).sizes.min())
     fl.make_simulation(dataclasses.replace(base, attack="none", batch_size=smallest), digits, mlp)
     with pytest.raises(ValueError, match="smallest client"):
@@ -179,3 +179,16 @@ def test_simulation_history_counts_the_last_round_and_traced_rule_hyperparameter
     small = fl.make_simulation(dataclasses.replace(config, aggregator_hparams={"tau": 0.1}), dataset, mlp)
     np.testing.assert_allclose(moved, small.server_step(start, submitted, params)[0].params, rtol=1e-6)
     assert not np.allclose(moved, sim.server_step(start, submitted, params)[0].params, atol=1e-3)
+
+
+def test_attack_sweep_runs_one_member_for_a_scalar_index_and_every_member_for_a_vector():
+    """``make_attack_sweep``'s ``sweep(keys, index)``: a scalar index gives one History per seed, an int32[A] vector a
+    leading axis A (shapes only: ``jax.eval_shape`` traces, nothing compiles)."""
+    from fedjax_attacks import models
+    dataset = _numbered_dataset()
+    mlp = models.get("mlp", 4, dataset.input_shape, hidden=(3,))
+    config = fl.FLConfig(num_clients=4, num_malicious=1, clients_per_round=4, batch_size=2, rounds=4, eval_every=2)
+    sweep = fl.make_attack_sweep(config, dataset, mlp, [("none", {}), ("sign_flip", {})])
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    assert jax.eval_shape(sweep, keys, 1).test_accuracy.shape == (3, 2)
+    assert jax.eval_shape(sweep, keys, jnp.arange(2)).test_accuracy.shape == (2, 3, 2)
