@@ -188,9 +188,9 @@ def test_overflowing_and_nan_directions_are_refused(make):
 
 def test_variants_take_mesh_and_steps_by_keyword_and_trace_on_one_device_meshes():
     """``make_variants``' ``mesh`` and ``steps`` are keyword-only; ``"iterations"`` over a seeds x agents mesh is
-    refused; on one-device meshes (seeds only; seeds x agents) both kinds of steps trace (``jax.eval_shape``, so
-    nothing compiles) to one state per seed. The forced-device tests of ``tests/test_frl_sharding.py`` (slow)
-    check the sharded values."""
+    refused; without a mesh and on one-device meshes (seeds only; seeds x agents) both kinds of steps trace
+    (``jax.eval_shape``, so nothing compiles) to one state per seed. The forced-device tests of
+    ``tests/test_frl_sharding.py`` (slow) check the sharded values."""
     from fedjax_attacks.frl import batch
     device = np.array(jax.devices()[:1])
     seeds, grid = Mesh(device, ("seeds",)), Mesh(device.reshape(1, 1), ("seeds", "agents"))
@@ -199,7 +199,7 @@ def test_variants_take_mesh_and_steps_by_keyword_and_trace_on_one_device_meshes(
     with pytest.raises(ValueError, match="blocks"):
         batch.make_variants({"a": CFG}, "dec", mesh=grid, steps="iterations")
     keys = jax.random.split(jax.random.key(0), 2)
-    for mesh, steps in ((seeds, "iterations"), (seeds, "blocks"), (grid, "blocks")):
+    for mesh, steps in ((None, "blocks"), (seeds, "iterations"), (seeds, "blocks"), (grid, "blocks")):
         schedules = frl.sample_block_schedules(jax.random.key(1), CFG, 8, num_seeds=2,
                                                whole_iterations=steps == "iterations")
         variants = batch.make_variants({"a": CFG}, "dec", mesh=mesh, steps=steps)
@@ -207,6 +207,22 @@ def test_variants_take_mesh_and_steps_by_keyword_and_trace_on_one_device_meshes(
         final, history = jax.eval_shape(variants.iterate, states, schedules)
         assert final[0].theta.shape == (2, CFG.num_agents, states[0].theta.shape[-1])
         assert history[0]["returns"].shape == schedules.large.shape
+
+
+def test_variants_greedy_scores_byzpg_s_server():
+    """ByzPG's variants score the server's policy greedily, even with a fixed Byzantine worker (only DecByzPG's
+    fixed Byzantine agents are left out): at the initial states, ``greedy`` is ``base.greedy_returns`` of each
+    seed's server theta."""
+    from fedjax_attacks.frl import batch
+    config = dataclasses.replace(CFG, num_byzantine=1, attack="large_noise", horizon=30)
+    schedules = frl.sample_block_schedules(jax.random.key(1), config, 4, num_seeds=2, whole_iterations=True)
+    variants = batch.make_variants({"a": config}, "byz")
+    states = variants.init(jax.random.split(jax.random.key(0), 2), schedules)
+    greedy = jax.jit(variants.greedy, static_argnums=2)(jax.random.key(2), states, 1)
+    env, env_params, policy = base.make_env_and_policy(config)
+    for seed, key in enumerate(jax.random.split(jax.random.key(2), 2)):
+        want = base.greedy_returns(key, policy, states[0].theta[seed][None], env, env_params, config, 1)
+        np.testing.assert_allclose(float(greedy[0, seed]), float(want[0]), rtol=1e-6)
 
 
 @pytest.mark.parametrize("algorithm", ["dec", pytest.param("byz", marks=pytest.mark.slow)])
