@@ -192,3 +192,11 @@ def test_attack_sweep_runs_one_member_for_a_scalar_index_and_every_member_for_a_
     keys = jax.random.split(jax.random.PRNGKey(0), 3)
     assert jax.eval_shape(sweep, keys, 1).test_accuracy.shape == (3, 2)
     assert jax.eval_shape(sweep, keys, jnp.arange(2)).test_accuracy.shape == (2, 3, 2)
+
+
+def test_raise_names_the_first_non_finite_round_of_a_block():
+    """``on_nonfinite="raise"`` names the first non-finite round of the block it checks (rounds 5 and 6 here)."""
+    from fedjax_attacks.fl.simulation import _raise_if_nonfinite
+    _raise_if_nonfinite(np.array([False, False]), np.array([4, 5]))  # finite: nothing raised
+    with pytest.raises(FloatingPointError, match="FL round 5:"):
+        _raise_if_nonfinite(np.array([False, True, True]), np.array([4, 5, 6]))

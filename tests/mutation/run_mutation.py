@@ -97,7 +97,7 @@ MODULES = {
         "tests/test_fl.py::-k bad_config or refused or must_match",
         "tests/test_config_fuzz.py::-k fl_config_fuzz_validation"],
     "fl/simulation.py": [
-        "tests/test_mutation_kills_fl.py::-k sample_batch or knowledge_setting or simulation_ or scalar_index",
+        "tests/test_mutation_kills_fl.py::-k sample_batch or knowledge_setting or simulation_ or scalar_index or first_non_finite",
         "tests/test_fl.py::-k python_loop or sample_clients_is_without or partial_knowledge_hides or bad_config or refused",
         "tests/test_strengthened_fl.py",
         "tests/test_robustness.py::-k server_skips or label_flip_uses or raise_names",
