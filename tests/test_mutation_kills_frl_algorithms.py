@@ -167,6 +167,19 @@ def test_make_byzpg_takes_a_plain_config_by_keyword():
     assert alg.policy.num_params == frl.make_byzpg(plain).policy.num_params > 0
 
 
+def test_make_decbyzpg_takes_the_mesh_by_keyword_and_steps_on_coins_or_blocks():
+    """``make_decbyzpg``'s ``mesh`` is keyword-only; ``alg.step`` takes one iteration of a state on coins and one
+    block of a state on ``Blocks`` (``jax.eval_shape``: traced, not compiled)."""
+    with pytest.raises(TypeError):
+        frl.make_decbyzpg(CFG, None, None, None)
+    alg = frl.make_decbyzpg(CFG)
+    coins = np.array([True, False])
+    for schedule in (coins, frl.block_schedule(coins, CFG)):
+        state = alg.init(jax.random.key(0), schedule)
+        stepped, history = jax.eval_shape(alg.step, state)
+        assert stepped.theta.shape == state.theta.shape and history["returns"].shape == ()
+
+
 @pytest.mark.parametrize("make", [frl.make_byzpg, frl.make_decbyzpg])
 def test_overflowing_and_nan_directions_are_refused(make):
     """The one Byzantine sender sends entries of 1e30 (finite, but the averaged direction's squared norm overflows
@@ -188,7 +201,7 @@ def test_overflowing_and_nan_directions_are_refused(make):
 
 def test_variants_take_mesh_and_steps_by_keyword_and_trace_on_one_device_meshes():
     """``make_variants``' ``mesh`` and ``steps`` are keyword-only; ``"iterations"`` over a seeds x agents mesh is
-    refused; without a mesh and on one-device meshes (seeds only; seeds x agents) both kinds of steps trace
+    refused, and so are 3 seeds over a seeds axis of 2 (by either kind of steps); without a mesh and on one-device meshes (seeds only; seeds x agents) both kinds of steps trace
     (``jax.eval_shape``, so nothing compiles) to one state per seed. The forced-device tests of
     ``tests/test_frl_sharding.py`` (slow) check the sharded values."""
     from fedjax_attacks.frl import batch
@@ -198,6 +211,13 @@ def test_variants_take_mesh_and_steps_by_keyword_and_trace_on_one_device_meshes(
         batch.make_variants({"a": CFG}, "dec", None, None, seeds)
     with pytest.raises(ValueError, match="blocks"):
         batch.make_variants({"a": CFG}, "dec", mesh=grid, steps="iterations")
+    doubled = Mesh(np.array([device[0], device[0]]), ("seeds",))  # a seeds axis of 2 (its size is all that is read)
+    three = jax.random.split(jax.random.PRNGKey(0), 3)  # raw keys, shape [3, 2]: the seeds axis comes first
+    for steps in ("iterations", "blocks"):
+        schedules = frl.sample_block_schedules(jax.random.key(1), CFG, 8, num_seeds=3,
+                                               whole_iterations=steps == "iterations")
+        with pytest.raises(ValueError, match="number of seeds S"):
+            batch.make_variants({"a": CFG}, "dec", mesh=doubled, steps=steps).init(three, schedules)
     keys = jax.random.split(jax.random.key(0), 2)
     for mesh, steps in ((None, "blocks"), (seeds, "iterations"), (seeds, "blocks"), (grid, "blocks")):
         schedules = frl.sample_block_schedules(jax.random.key(1), CFG, 8, num_seeds=2,
