@@ -180,6 +180,16 @@ def test_make_decbyzpg_takes_the_mesh_by_keyword_and_steps_on_coins_or_blocks():
         assert stepped.theta.shape == state.theta.shape and history["returns"].shape == ()
 
 
+def test_two_agents_agree_after_their_own_small_batch_steps():
+    """K = 2 (the smallest K with an agreement step), no Byzantine agent, MDA: after a small-batch iteration the
+    agents' own PAGE-PG estimates ``v`` differ, yet Avg-Agree leaves them at one point (diameter 0)."""
+    alg = frl.make_decbyzpg(dataclasses.replace(CFG, num_agents=2, agreement="mda"))
+    final, history = jax.jit(alg.run)(jax.random.key(3), np.array([True, False]))
+    assert not np.allclose(np.asarray(final.v[0]), np.asarray(final.v[1]))
+    np.testing.assert_array_equal(np.asarray(final.theta[0]), np.asarray(final.theta[1]))
+    np.testing.assert_array_equal(np.asarray(history["diameter"]), 0.0)
+
+
 @pytest.mark.parametrize("make", [frl.make_byzpg, frl.make_decbyzpg])
 def test_overflowing_and_nan_directions_are_refused(make):
     """The one Byzantine sender sends entries of 1e30 (finite, but the averaged direction's squared norm overflows

@@ -126,7 +126,7 @@ MODULES = {
         "tests/test_frl_sharding.py::-k mesh_without"],
     "frl/decbyzpg.py": [
         "tests/test_frl.py::-k decbyzpg_with_one or decbyzpg_matches or avg_zero or threads_the or config_validation",
-        "tests/test_mutation_kills_frl_algorithms.py::-k decbyzpg_takes or overflowing_and_nan or variants_by_iterations",
+        "tests/test_mutation_kills_frl_algorithms.py::-k decbyzpg_takes or two_agents_agree or overflowing_and_nan or variants_by_iterations",
         "tests/test_frl_coverage.py::-k random_actions or fresh_noise",
         "tests/test_frl_sharding.py::-k mesh_without"],
     "frl/base.py::make_attack,make_env_and_policy,sample_blocks,_block_estimate,sample_large_batch,greedy_returns": [
