@@ -260,13 +260,13 @@ def test_variants_by_iterations_equal_each_run_on_its_seeds_coins(algorithm):
     """``batch.make_variants`` at toy size on this CPU's default steps (``"iterations"``): two variants (plain
     averaging; the median against a LargeNoise sender that also acts at random, not redrawn) x two seeds with their
     own coins, as one program, end where each variant's run on each seed's coins ends, with the same per-iteration
-    returns; ``greedy`` scores each variant's honest agents (DecByzPG skips the fixed Byzantine agent 0, ByzPG
-    scores the server) as ``base.greedy_returns`` does. Without agreement the agents differ, and so do their
+    returns; ``greedy`` scores each variant's honest agents (DecByzPG skips the fixed Byzantine agent 0 and scores
+    every agent where the Byzantine set is redrawn, ByzPG scores the server) as ``base.greedy_returns`` does. Without agreement the agents differ, and so do their
     greedy returns (horizon 30). The slow
     ``tests/test_frl_blocks.py`` checks the same at a larger size and by blocks."""
     from fedjax_attacks.frl import batch
     small = dataclasses.replace(CFG, large_batch=4, small_batch=2, horizon=30, switch_prob=0.5)
-    configs = {"mean": small, "attacked": dataclasses.replace(
+    configs = {"mean": dataclasses.replace(small, resample_byzantine=True), "attacked": dataclasses.replace(
         small, num_byzantine=1, attack="large_noise", random_actions=True, aggregator="median")}
     schedules = frl.sample_block_schedules(jax.random.key(1), small, 8, num_seeds=2, whole_iterations=True)
     assert not np.array_equal(schedules.large[0], schedules.large[1])
