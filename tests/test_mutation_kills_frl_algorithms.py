@@ -88,6 +88,7 @@ def estimates():
     trajectories, in one program."""
     env, env_params, policy = base.make_env_and_policy(CFG)
     per_step = dataclasses.replace(CFG, importance_weights="per_step")
+    long = dataclasses.replace(per_step, horizon=40)  # CartPole episodes end inside it: rewards 0 after the end
     thetas = 0.5 + jax.vmap(policy.init)(jax.random.split(jax.random.key(0), 2))
     thetas_prev = thetas + 0.3 * jax.random.normal(jax.random.key(1), thetas.shape)
     keys = base.block_keys(jax.random.key(2), 2, 1)
@@ -95,9 +96,9 @@ def estimates():
     inputs = base.BlockInputs(keys, thetas, thetas_prev, False)
     random = base.BlockInputs(keys, thetas, thetas_prev, jnp.asarray([True, False]))
 
-    def sample(key, theta, random_actions=False):
+    def sample(key, theta, random_actions=False, horizon=CFG.horizon):
         return pg.sample_trajectories(key, policy, theta, env, env_params, num_episodes=CFG.small_batch,
-                                      horizon=CFG.horizon, random_actions=random_actions)
+                                      horizon=horizon, random_actions=random_actions)
 
     @jax.jit
     def run():
@@ -109,6 +110,8 @@ def estimates():
                                         env_params, CFG),
             "per_step": base.sample_blocks(inputs, Blocks(jnp.asarray(False), 0, 3, True), policy, env, env_params,
                                            per_step),
+            "per_step_ended": base.sample_blocks(inputs, Blocks(jnp.asarray(False), 0, 3, True), policy, env,
+                                                 env_params, long),
             "random": base.sample_blocks(random, Blocks(jnp.asarray(False), 0, 3, True), policy, env, env_params,
                                          CFG),
             "whole_large": base.sample_large_batch(
@@ -120,6 +123,7 @@ def estimates():
             large = _sub(traj, 2)
             g_large = (pg.gpomdp(policy, theta, large, CFG.gamma) * 2 / CFG.large_batch, jnp.sum(large.rewards))
             randomly = sample(key, theta, random_actions=random_flag)
+            ended = sample(key, theta, horizon=long.horizon)
             # the N episodes of a large batch: the first N of the blocks' fold_in(k_i, j)
             blocks = jax.vmap(lambda j: sample(jax.random.fold_in(k_i, j), theta))(jnp.arange(2))
             whole = jax.tree.map(lambda x: jnp.concatenate([x[0], x[1]], axis=1)[:, :CFG.large_batch], blocks)
@@ -128,6 +132,8 @@ def estimates():
                               jnp.sum(traj.rewards)),
                     "per_step": (pg.page_pg_estimate(policy, theta, theta_prev, 0.0, traj, CFG.gamma, "per_step"),
                                  jnp.sum(traj.rewards)),
+                    "per_step_ended": (pg.page_pg_estimate(policy, theta, theta_prev, 0.0, ended, CFG.gamma,
+                                                           "per_step"), jnp.sum(ended.rewards)),
                     "random": (pg.page_pg_estimate(policy, theta, theta_prev, 0.0, randomly, CFG.gamma),
                                jnp.sum(randomly.rewards)),
                     "whole_large": (pg.gpomdp(policy, theta, whole, CFG.gamma), jnp.sum(whole.rewards))}
@@ -138,17 +144,21 @@ def estimates():
     return run()
 
 
-@pytest.mark.parametrize("name", ["large_python", "large_traced", "small", "per_step", "random", "whole_large"])
+@pytest.mark.parametrize("name", ["large_python", "large_traced", "small", "per_step", "per_step_ended", "random",
+                                  "whole_large"])
 def test_sample_blocks_match_gpomdp_and_page_pg(estimates, name):
     """A large block is ``1/N`` times the GPOMDP sum over its ``count`` episodes; a small block is PAGE-PG's
     correction ``g_B(theta) - g_B^w(theta_prev)`` (``page_pg_estimate`` with ``v = 0``); a whole large batch is
-    GPOMDP on the first ``N`` episodes of its blocks."""
+    GPOMDP on the first ``N`` episodes of its blocks. ``per_step_ended``: episodes that end inside the horizon (the
+    rewards after the end are 0)."""
     got, want = estimates
     (g, r), (g_want, r_want) = got[name], want[name]
     assert g.shape == g_want.shape == (2, frl.base.make_env_and_policy(CFG)[2].num_params)
     assert float(jnp.abs(g_want).max()) > 1e-2  # a real gradient, not 0 = 0
     np.testing.assert_allclose(np.asarray(g), np.asarray(g_want), rtol=2e-4, atol=1e-5)
     np.testing.assert_allclose(np.asarray(r), np.asarray(r_want), rtol=1e-6)
+    if name == "per_step_ended":
+        assert float(r.max()) < 40 * CFG.small_batch  # some episode ended before the horizon
 
 
 def test_estimates_differ_between_the_variants(estimates):
