@@ -116,9 +116,11 @@ MODULES = {
         "tests/test_frl_coverage.py::-k average_agreement or fresh_noise",
         "tests/test_frl_agreement.py"],
     "frl/base.py": [
-        "tests/test_mutation_kills_frl_algorithms.py",
+        "tests/test_mutation_kills_frl_algorithms.py::-k block_keys or make_aggregator or check_mesh or state_is or "
+        "sample_blocks_match or estimates_differ or overflowing_and_nan",
         "tests/test_frl_blocks.py::-k greedy_returns",
-        "tests/test_frl_sharding.py::-k mesh_without"],
+        "tests/test_frl_sharding.py::-k mesh_without",
+        "tests/test_frl.py::-k decbyzpg_with_one or decbyzpg_matches"],
     "frl/byzpg.py": [
         "tests/test_mutation_kills_frl_algorithms.py::-k plain_config or overflowing_and_nan",
         "tests/test_frl.py::-k test_byzpg_matches or centered_clipping or config_validation",
@@ -129,10 +131,6 @@ MODULES = {
         "tests/test_mutation_kills_frl_algorithms.py::-k decbyzpg_takes or two_agents_agree or overflowing_and_nan or variants_by_iterations",
         "tests/test_frl_coverage.py::-k random_actions or fresh_noise",
         "tests/test_frl_sharding.py::-k mesh_without"],
-    "frl/base.py::make_attack,make_env_and_policy,sample_blocks,_block_estimate,sample_large_batch,greedy_returns": [
-        "tests/test_mutation_kills_frl_algorithms.py::-k sample_blocks_match or estimates_differ or overflowing_and_nan",
-        "tests/test_frl_blocks.py::-k greedy_returns",
-        "tests/test_frl.py::-k decbyzpg_with_one or decbyzpg_matches"],
     "frl/batch.py::shape_key,group_by_shape,default_steps": [
         "tests/test_frl_blocks.py::-k validation_refuses or steps_are_checked"],
     "frl/batch.py::make_variants": [
