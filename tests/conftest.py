@@ -8,8 +8,9 @@
   ``JAX_COMPILATION_CACHE_DIR`` to keep one yourself.
 - The fast suite compiles with ``jax_disable_most_optimizations`` (also in the environment, for subprocesses): its
   programs are toy-sized, so XLA's optimization passes cost more than they save (about a third of the suite's
-  time on a 2-core CPU). The results are the same programs' results; ``make test-slow`` (longer runs, where
-  optimized code pays) and anything run with ``FEDJAX_TEST_OPTIMIZED=1`` compile as users do.
+  time on a 2-core CPU). The tests check the same computations (floats may be summed in another order, so a
+  test against a file written by an optimized program turns the passes back on); ``make test-slow`` (longer runs,
+  where optimized code pays) and anything run with ``FEDJAX_TEST_OPTIMIZED=1`` compile as users do.
 """
 
 import os
