@@ -73,7 +73,8 @@ def test_switches_count_trajectories_per_agent():
     assert 0.1 < switches.mean() < 0.3
 
 
-@pytest.mark.parametrize("large_batch", [4, pytest.param(5, marks=pytest.mark.slow)])  # N = 5, B = 2: the last of a large batch's blocks counts 1
+# N = 5, B = 2: the last of a large batch's blocks counts 1
+@pytest.mark.parametrize("large_batch", [4, pytest.param(5, marks=pytest.mark.slow)])
 def test_decbyzpg_with_one_agent_is_page_pg(large_batch):
     config = dataclasses.replace(TOY, large_batch=large_batch)
     switches = np.array([True, False, False, True, False])
@@ -149,8 +150,9 @@ def test_decbyzpg_matches_a_loop_reference():
     (``mu - z sigma`` of the honest rows, z = 1) both as its estimate and in every agreement round, the
     coordinate-wise median and GDA, against a Python loop with NumPy ALIE, median and GDA: each agent aggregates
     what it receives on large batches (``v^(i)`` is the aggregate), takes its own PAGE-PG step on small ones, steps
-    Adam, then ``ceil(log2 K) = 2`` agreement rounds, in which agents that drifted apart keep different rows. ``returns`` is the honest agents' mean episode return and
-    ``diameter`` the honest agents' spread after agreement. Stepping by blocks of B ends at the same parameters;
+    Adam, then ``ceil(log2 K) = 2`` agreement rounds, in which agents that drifted apart keep different rows.
+    ``returns`` is the honest agents' mean episode return and ``diameter`` the honest agents' spread after
+    agreement. Stepping by blocks of B ends at the same parameters;
     its in-iteration blocks report the honest diameter at the iteration's start and no step."""
     K, f = 4, 1
     config = dataclasses.replace(TOY, num_agents=K, num_byzantine=f, resample_byzantine=True, attack="alie",

@@ -223,8 +223,9 @@ def test_overflowing_and_nan_directions_are_refused(make):
 
 def test_variants_take_mesh_and_steps_by_keyword_and_trace_on_one_device_meshes():
     """``make_variants``' ``mesh`` and ``steps`` are keyword-only; ``"iterations"`` over a seeds x agents mesh is
-    refused, and so are 3 seeds over a seeds axis of 2 (by either kind of steps); without a mesh and on one-device meshes (seeds only; seeds x agents) both kinds of steps trace
-    (``jax.eval_shape``, so nothing compiles) to one state per seed. The forced-device tests of
+    refused, and so are 3 seeds over a seeds axis of 2 (by either kind of steps); without a mesh and on one-device
+    meshes (seeds only; seeds x agents) both kinds of steps trace (``jax.eval_shape``, so nothing compiles) to one
+    state per seed. The forced-device tests of
     ``tests/test_frl_sharding.py`` (slow) check the sharded values."""
     from fedjax_attacks.frl import batch
     device = np.array(jax.devices()[:1])
@@ -273,8 +274,8 @@ def test_variants_by_iterations_equal_each_run_on_its_seeds_coins(algorithm):
     averaging; the median against a LargeNoise sender that also acts at random, not redrawn) x two seeds with their
     own coins, as one program, end where each variant's run on each seed's coins ends, with the same per-iteration
     returns; ``greedy`` scores each variant's honest agents (DecByzPG skips the fixed Byzantine agent 0 and scores
-    every agent where the Byzantine set is redrawn, ByzPG scores the server) as ``base.greedy_returns`` does. Without agreement the agents differ, and so do their
-    greedy returns (horizon 30). The slow
+    every agent where the Byzantine set is redrawn, ByzPG scores the server) as ``base.greedy_returns`` does.
+    Without agreement the agents differ, and so do their greedy returns (horizon 30). The slow
     ``tests/test_frl_blocks.py`` checks the same at a larger size and by blocks."""
     from fedjax_attacks.frl import batch
     small = dataclasses.replace(CFG, large_batch=4, small_batch=2, horizon=30, switch_prob=0.5)
