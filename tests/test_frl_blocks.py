@@ -104,26 +104,54 @@ def test_one_variant_steps_by_blocks_like_by_coins():
     np.testing.assert_allclose(per_iteration, np.asarray(expected_history["returns"]), rtol=1e-5)
 
 
+def _loop_returns(env_name, thetas, horizon, action):
+    """Returns of plain Python rollouts of gymnax ``env_name`` taking ``action(theta, obs)``, one per theta, with
+    the keys ``greedy_returns`` derives from ``PRNGKey(5)``."""
+    gym_env, gym_params = gymnax.make(env_name)
+    step_env = jax.jit(gym_env.step_env)
+    totals = []
+    for m, theta in enumerate(thetas):
+        key = jax.random.split(jax.random.PRNGKey(5), 2)[m]
+        _, reset_key = jax.random.split(key)
+        obs, state = gym_env.reset(jax.random.split(reset_key, 1)[0], gym_params)
+        total = 0.0
+        for _ in range(horizon):
+            obs, state, reward, done, _ = step_env(key, state, action(theta, obs), gym_params)
+            total += float(reward)
+            if bool(done):
+                break
+        totals.append(total)
+    return totals
+
+
 def test_greedy_returns_follow_the_argmax_action():
     """The greedy return of a policy equals a plain Python rollout taking ``argmax_a pi(a|s)``."""
     config = dataclasses.replace(BASE, horizon=30)
     env, env_params, policy = frl.base.make_env_and_policy(config)
     thetas = jax.vmap(policy.init)(jax.random.split(jax.random.PRNGKey(4), 2))
     got = frl.base.greedy_returns(jax.random.PRNGKey(5), policy, thetas, env, env_params, config, num_episodes=1)
-    gym_env, gym_params = gymnax.make("CartPole-v1")
-    log_prob, step_env = jax.jit(policy.log_prob), jax.jit(gym_env.step_env)
-    for m, theta in enumerate(thetas):
-        key = jax.random.split(jax.random.PRNGKey(5), 2)[m]
-        _, reset_key = jax.random.split(key)
-        obs, state = gym_env.reset(jax.random.split(reset_key, 1)[0], gym_params)
-        total = 0.0
-        for _ in range(config.horizon):
-            scores = [float(log_prob(theta, obs[None], jnp.array([a]))[0]) for a in range(2)]
-            obs, state, reward, done, _ = step_env(key, state, int(np.argmax(scores)), gym_params)
-            total += float(reward)
-            if bool(done):
-                break
-        assert float(got[m]) == total
+    log_prob = jax.jit(policy.log_prob)
+
+    def argmax(theta, obs):
+        return int(np.argmax([float(log_prob(theta, obs[None], jnp.array([a]))[0]) for a in range(2)]))
+
+    assert [float(g) for g in got] == _loop_returns("CartPole-v1", thetas, config.horizon, argmax)
+
+
+def test_greedy_returns_of_a_gaussian_policy_follow_its_mean():
+    """On a continuous action space the greedy action is the Gaussian's mean (clipped to the action box, as
+    every action sent to the environment): a plain Python rollout on Pendulum-v1 gives the same returns."""
+    config = dataclasses.replace(BASE, env_name="Pendulum-v1", horizon=12, activation="tanh")
+    env, env_params, policy = frl.base.make_env_and_policy(config)
+    thetas = jax.vmap(policy.init)(jax.random.split(jax.random.PRNGKey(4), 2)) * 4.0  # means beyond +-2: clipped
+    got = frl.base.greedy_returns(jax.random.PRNGKey(5), policy, thetas, env, env_params, config, num_episodes=1)
+    mode, space = jax.jit(policy.mode), env.action_space(env_params)
+    want = _loop_returns("Pendulum-v1", thetas, config.horizon,
+                         lambda theta, obs: jnp.clip(mode(theta, obs[None])[0], space.low, space.high))
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5)
+    with pytest.raises(ValueError, match="mode"):
+        frl.base.greedy_returns(jax.random.PRNGKey(5), policy._replace(mode=None), thetas, env, env_params, config,
+                                num_episodes=1)
 
 
 def test_validation_refuses_byzantine_majorities_bad_counts_and_bad_coins():

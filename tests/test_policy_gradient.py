@@ -176,3 +176,26 @@ def test_gaussian_policy_log_prob_and_brax_rollout():
     grad = pg.gpomdp(policy, theta, traj, 0.99)
     assert traj.actions.shape == (20, 2, env.num_actions)
     assert np.all(np.isfinite(np.asarray(grad))) and np.linalg.norm(np.asarray(grad)) > 0
+
+
+def test_mode_is_the_most_likely_action(cartpole):
+    """``Policy.mode``: the categorical's largest-probability action; the Gaussian's mean, where ``log_prob``
+    reaches its maximum ``-sum(log sigma) - d/2 log(2 pi)``."""
+    _, _, policy = cartpole
+    theta = policy.init(jax.random.PRNGKey(0)) * 3.0  # sharper logits: both actions are someone's argmax
+    obs = jax.random.normal(jax.random.PRNGKey(1), (64, 4))
+    scores = jnp.stack([policy.log_prob(theta, obs, jnp.full((64,), a)) for a in range(2)])
+    want = np.argmax(np.asarray(scores), axis=0)
+    assert 0 < want.sum() < 64
+    np.testing.assert_array_equal(np.asarray(policy.mode(theta, obs)), want)
+
+    env, params = rl_env.make("Pendulum-v1")
+    gaussian = pg.make_policy(env, params, hidden=(8,), activation="tanh", log_std_init=-0.3)
+    theta = gaussian.init(jax.random.PRNGKey(2))
+    obs = jax.random.normal(jax.random.PRNGKey(3), (64, 3))
+    mode = gaussian.mode(theta, obs)
+    assert mode.shape == (64, 1) and float(jnp.std(mode)) > 1e-3  # depends on the state
+    np.testing.assert_allclose(np.asarray(gaussian.log_prob(theta, obs, mode)),
+                               0.3 - 0.5 * np.log(2 * np.pi), rtol=1e-6)
+    samples = gaussian.sample(jax.random.PRNGKey(4), theta, jnp.broadcast_to(obs[:1], (20000, 3)))
+    np.testing.assert_allclose(float(samples.mean()), float(mode[0, 0]), atol=0.02)

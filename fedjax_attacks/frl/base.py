@@ -206,18 +206,12 @@ def large_block_count(config: ByzPGConfig, index):
 
 
 def greedy_returns(key, policy, thetas, env, env_params, config: ByzPGConfig, num_episodes: int):
-    """Undiscounted returns of the greedy policy ``a = argmax_a pi_theta(a|s)`` at each ``theta`` (f32[m, d]),
-    averaged over ``num_episodes`` episodes: f32[m]. Discrete actions only (the categorical policy)."""
-    space = env.action_space(env_params)
-    if not hasattr(space, "n"):
-        raise ValueError("greedy_returns needs a discrete action space")
-    actions = jnp.arange(space.n)
-
-    def argmax_sample(_, theta, obs):
-        log_probs = jax.vmap(lambda a: policy.log_prob(theta, obs, jnp.full(obs.shape[:1], a)))(actions)
-        return jnp.argmax(log_probs, axis=0).astype(jnp.int32)
-
-    greedy = policy._replace(sample=argmax_sample)
+    """Undiscounted returns of the greedy policy at each ``theta`` (f32[m, d]): the most likely action
+    ``policy.mode`` (``argmax_a pi_theta(a|s)``; a Gaussian policy's mean), averaged over ``num_episodes``
+    episodes: f32[m]."""
+    if policy.mode is None:
+        raise ValueError("greedy_returns needs a policy with a mode (its most likely action)")
+    greedy = policy._replace(sample=lambda _, theta, obs: policy.mode(theta, obs))
 
     def one(k, theta):
         traj = pg.sample_trajectories(k, greedy, theta, env, env_params, num_episodes=num_episodes,

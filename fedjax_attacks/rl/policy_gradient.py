@@ -39,12 +39,15 @@ class Policy(NamedTuple):
       sample: ``sample(key, theta, obs[B, *obs_shape]) -> actions[B, ...]``.
       log_prob: ``log_prob(theta, obs[..., *obs_shape], actions[...]) -> f32[...]``, ``log pi_theta(a|s)``.
       num_params: ``d``.
+      mode: ``mode(theta, obs[B, *obs_shape]) -> actions[B, ...]``, the most likely action ``argmax_a
+        pi_theta(a|s)`` (the largest logit; a Gaussian's mean), what a greedy evaluation takes.
     """
 
     init: Callable
     sample: Callable
     log_prob: Callable
     num_params: int
+    mode: Callable = None
 
 
 @struct.dataclass
@@ -96,7 +99,10 @@ def categorical_policy(obs_shape: tuple, num_actions: int, hidden=(16, 16), acti
         logp = jax.nn.log_softmax(logits(theta, obs))
         return jnp.take_along_axis(logp, actions[..., None].astype(jnp.int32), axis=-1)[..., 0]
 
-    return Policy(init, sample, log_prob, int(init(jax.random.PRNGKey(0)).size))
+    def mode(theta, obs):
+        return jnp.argmax(logits(theta, obs), axis=-1).astype(jnp.int32)
+
+    return Policy(init, sample, log_prob, int(init(jax.random.PRNGKey(0)).size), mode)
 
 
 def gaussian_policy(obs_shape: tuple, action_dim: int, hidden=(64, 64), activation: str = "tanh",
@@ -128,7 +134,10 @@ def gaussian_policy(obs_shape: tuple, action_dim: int, hidden=(64, 64), activati
         z = (actions - mean) / std
         return jnp.sum(-0.5 * z**2 - jnp.log(std) - 0.5 * jnp.log(2 * jnp.pi), axis=-1)
 
-    return Policy(init, sample, log_prob, int(init(jax.random.PRNGKey(0)).size))
+    def mode(theta, obs):
+        return mean_std(theta, obs)[0]
+
+    return Policy(init, sample, log_prob, int(init(jax.random.PRNGKey(0)).size), mode)
 
 
 def make_policy(env, env_params, hidden=(16, 16), activation: str = "relu", output_activation: str = "tanh",
