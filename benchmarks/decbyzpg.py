@@ -1,7 +1,8 @@
 """DecByzPG / ByzPG figures (Jordan et al., AAMAS 2024, Fig. 1-3 and App. E, Fig. 4-6).
 
-For each environment (CartPole-v1; Acrobot-v1 stands in for LunarLander, which has no JAX version) and each
-algorithm (``dec`` = DecByzPG against Dec-PAGE-PG, ``byz`` = ByzPG against Fed-PAGE-PG):
+For each environment (CartPole-v1; Acrobot-v1 stands in for LunarLander, which has no JAX version;
+brax:inverted_pendulum, continuous control with a Gaussian policy, on request) and each algorithm (``dec`` =
+DecByzPG against Dec-PAGE-PG, ``byz`` = ByzPG against Fed-PAGE-PG):
 
 1. speed-up without Byzantines: the robust method with K in {1, 5, 13} (K = 1 is PAGE-PG), and plain averaging
    with K = 13 as the unattacked reference;
@@ -15,7 +16,8 @@ side by side (``--steps blocks``, the default on GPU/TPU), or whole iterations w
 them (``--seed-devices``; on a CPU, forced host devices put every core to work:
 ``XLA_FLAGS=--xla_force_host_platform_device_count=2 python -m benchmarks.decbyzpg``). The x axis is
 trajectories per agent, the y axis the honest agents' average return of the sampled (training) episodes (mean
-and std over seeds); the greedy policy's return (argmax action) is evaluated at every chunk beside it.
+and std over seeds); the greedy policy's return (its most likely action: the argmax, or the Gaussian's mean) is
+evaluated at every chunk beside it.
 
     python -m benchmarks.decbyzpg                      # the paper's setting: 10 seeds, 5000 trajectories
     python -m benchmarks.decbyzpg --envs CartPole-v1 --algorithms dec   # the main CartPole figure only
@@ -36,9 +38,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 from benchmarks import common  # noqa: E402
 from fedjax_attacks import frl, sharding  # noqa: E402
 
-PRESETS = {"CartPole-v1": frl.CARTPOLE, "Acrobot-v1": frl.ACROBOT}
+PRESETS = {"CartPole-v1": frl.CARTPOLE, "Acrobot-v1": frl.ACROBOT, "brax:inverted_pendulum": frl.INVERTED_PENDULUM}
 BEHAVIOURS = ("random_action", "large_noise", "avg_zero")
 NAMES = {"dec": ("DecByzPG", "Dec-PAGE-PG"), "byz": ("ByzPG", "Fed-PAGE-PG")}
+GREEDY_POINTS = 25  # greedy evaluations per curve that the default --chunk aims at
 
 
 def parse_args(argv=None):
@@ -63,7 +66,8 @@ def parse_args(argv=None):
     p.add_argument("--seed-devices", type=int, default=0,
                    help="split the seeds over this many devices (0 = every device, if their number divides --seeds)")
     p.add_argument("--chunk", type=int, default=0,
-                   help="steps per jitted call, between greedy evaluations (0 = 64 blocks or 16 iterations)")
+                   help="steps per jitted call, between greedy evaluations (0 = 64 blocks or 16 iterations, fewer "
+                        f"on short runs, so that a curve has about {GREEDY_POINTS} greedy evaluations)")
     p.add_argument("--greedy-episodes", type=int, default=2,
                    help="greedy-policy episodes per honest agent at every chunk (0 = no greedy evaluation)")
     p.add_argument("--output-activation", default="",
@@ -76,13 +80,23 @@ def parse_args(argv=None):
         args.envs, args.algorithms, args.behaviours = "CartPole-v1", "dec", "large_noise"
         args.seeds, args.max_trajectories, args.agents, args.num_byzantine = 2, 40, "1,4", 1
         args.horizon, args.large_batch, args.chunk = 40, 8, 4
-    args.chunk = args.chunk or (64 if args.steps == "blocks" else 16)
     if args.seed_devices < 0:
         raise ValueError(f"--seed-devices must be >= 0, got {args.seed_devices}")
-    for name in ("seeds", "max_trajectories", "chunk"):
+    for name in ("seeds", "max_trajectories"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.chunk < 0:
+        raise ValueError(f"--chunk must be >= 0 (0 = chosen from the run's length), got {args.chunk}")
     return args
+
+
+def default_chunk(args, preset) -> int:
+    """Steps per jitted call: 64 blocks or 16 iterations, fewer when the run (``--max-trajectories`` at the
+    expected ``p N + (1 - p) B`` trajectories per iteration) is too short for ``GREEDY_POINTS`` evaluations."""
+    p, n, b = preset.switch_prob, preset.large_batch, preset.small_batch
+    per_step = b if args.steps == "blocks" else p * n + (1 - p) * b
+    longest = 64 if args.steps == "blocks" else 16
+    return int(max(1, min(longest, args.max_trajectories / per_step // GREEDY_POINTS)))
 
 
 def variants(args, preset, algorithm):
@@ -195,8 +209,11 @@ def main(argv=None):
         if env_name not in PRESETS:
             raise ValueError(f"unknown environment {env_name!r}; known: {', '.join(PRESETS)}")
         preset = overrides(args, PRESETS[env_name])
+        stem = env_name.replace(":", "_")  # file names without the brax prefix's colon
+        chunk = args.chunk or default_chunk(args, preset)
+        results.setdefault("chunk", {})[env_name] = chunk
         schedules = frl.sample_block_schedules(jax.random.PRNGKey(1), preset, args.max_trajectories, args.seeds,
-                                               args.chunk, whole_iterations=args.steps == "iterations")
+                                               chunk, whole_iterations=args.steps == "iterations")
         grid = np.linspace(preset.large_batch, args.max_trajectories, 250)
         for algorithm in args.algorithms.split(","):
             configs = variants(args, preset, algorithm)
@@ -206,7 +223,7 @@ def main(argv=None):
             groups = frl.batch.group_by_shape(configs)
             bar = tqdm(total=len(configs) * schedules.large.shape[1], desc=f"{env_name} {algorithm}", unit=args.steps[:-1])
             for group in groups:
-                runs, wall = run_group(group, algorithm, schedules, args.seeds, args.chunk, args.greedy_episodes,
+                runs, wall = run_group(group, algorithm, schedules, args.seeds, chunk, args.greedy_episodes,
                                        grid, bar, args.steps, seed_mesh(args))
                 for label, (returns, greedy, diameter) in runs.items():
                     final = returns[:, -len(grid) // 10:].mean(1)
@@ -234,12 +251,12 @@ def main(argv=None):
             labels = list(curves)
             speedup = [lb for lb in labels if not any(b in lb for b in BEHAVIOURS)]
             if speedup:
-                plot(os.path.join(args.out, f"{env_name}_{algorithm}_speedup.png"),
+                plot(os.path.join(args.out, f"{stem}_{algorithm}_speedup.png"),
                      f"{env_name}: {robust_name}, no Byzantines", curves, speedup, args.max_trajectories)
             for behaviour in (args.behaviours.split(",") if "attacks" in args.figures else []):
                 attack = [lb for lb in labels if lb.endswith(behaviour)] + [
                     lb for lb in speedup if lb.startswith("PAGE-PG") or lb == f"{plain_name} K={big}"]
-                plot(os.path.join(args.out, f"{env_name}_{algorithm}_{behaviour}.png"),
+                plot(os.path.join(args.out, f"{stem}_{algorithm}_{behaviour}.png"),
                      f"{env_name}: {robust_name} under {behaviour}", curves, attack, args.max_trajectories)
     print(f"wrote {path}; total {results['wall_s']['total']:.1f} s on {jax.devices()}")
     return results

@@ -56,3 +56,16 @@ def test_benchmark_rejects_nonsense_sizes():
         decbyzpg.parse_args(["--seeds", "0"])
     with pytest.raises(ValueError, match="chunk"):
         decbyzpg.parse_args(["--chunk", "-1"])
+
+
+def test_default_chunk_gives_a_greedy_curve_of_many_points():
+    """0 = 16 iterations (64 blocks) per call on long runs, fewer on short ones: a run of a few dozen iterations
+    still gets about ``GREEDY_POINTS`` greedy evaluations instead of one or two (a flat dotted line)."""
+    from fedjax_attacks import frl
+    chunk = lambda argv, preset: decbyzpg.default_chunk(decbyzpg.parse_args(argv), preset)
+    assert chunk(["--steps", "iterations", "--max-trajectories", "100000"], frl.CARTPOLE) == 16
+    assert chunk(["--steps", "blocks", "--max-trajectories", "100000"], frl.CARTPOLE) == 64
+    assert chunk(["--steps", "iterations"], frl.CARTPOLE) == 15  # 5000 / (0.2 * 50 + 0.8 * 4) = 379 iterations
+    assert chunk(["--steps", "blocks"], frl.CARTPOLE) == 50  # 5000 / 4 = 1250 blocks
+    assert chunk(["--steps", "iterations", "--max-trajectories", "1000"], frl.ACROBOT) == 1  # 22 iterations
+    assert decbyzpg.parse_args(["--chunk", "3"]).chunk == 3

@@ -73,7 +73,8 @@ def _replace(**changes):
 
 
 def test_presets_and_behaviours_are_the_papers():
-    """Table 1 (CartPole) and the LunarLander hyperparameters on Acrobot, field by field (mutated defaults)."""
+    """Table 1 (CartPole), the LunarLander hyperparameters on Acrobot and the brax preset (CartPole's but tanh
+    hidden units and H = 200), field by field (mutated defaults)."""
     want = dict(env_name="CartPole-v1", num_agents=13, num_byzantine=0, attack="none", random_actions=False,
                 per_recipient=True, resample_byzantine=False, aggregator="rfa", bucket_size=1, large_batch=50,
                 small_batch=4, switch_prob=0.2, learning_rate=5e-3, importance_weights="trajectory", gamma=0.999,
@@ -81,7 +82,9 @@ def test_presets_and_behaviours_are_the_papers():
                 allow_byzantine_majority=False, agreement="mda", agreement_rounds=0, aggregate_every_iteration=False)
     for preset, changes in ((frl.CARTPOLE, {}), (frl.ByzPGConfig(), {}),
                             (frl.ACROBOT, dict(env_name="Acrobot-v1", hidden=(64, 64), activation="tanh",
-                                               large_batch=96, small_batch=32, learning_rate=1e-3, horizon=500))):
+                                               large_batch=96, small_batch=32, learning_rate=1e-3, horizon=500)),
+                            (frl.INVERTED_PENDULUM, dict(env_name="brax:inverted_pendulum", activation="tanh",
+                                                         horizon=200))):
         for field, value in {**want, **changes}.items():
             if hasattr(preset, field):
                 assert getattr(preset, field) == value, (preset, field)

@@ -155,6 +155,9 @@ CARTPOLE = DecByzPGConfig()
 # Acrobot has a 500-step limit, so the horizon is 500 instead of 1000.
 ACROBOT = DecByzPGConfig(env_name="Acrobot-v1", hidden=(64, 64), activation="tanh", large_batch=96, small_batch=32,
                          learning_rate=1e-3, horizon=500)
+# Continuous control (not in the paper): brax's inverted pendulum with a Gaussian policy (tanh-bounded mean in the
+# action box [-1, 1], a learned log-std), CartPole's batch sizes and step size, a 200-step horizon.
+INVERTED_PENDULUM = DecByzPGConfig(env_name="brax:inverted_pendulum", activation="tanh", horizon=200)
 
 
 def _check_int(name: str, value, minimum: int = 1) -> int:
