@@ -45,3 +45,17 @@ def check_layers(config, name: str = "hidden") -> None:
             isinstance(h, bool) or not isinstance(h, (int, np.integer)) or h < 1 for h in value):
         raise ValueError(f"{type(config).__name__}.{name} must be a non-empty sequence of integers >= 1, "
                          f"got {value!r}")
+
+
+def check_choice(config, name: str, options) -> None:
+    """``config.<name>`` must be one of ``options`` (names of modes, algorithms, distributions)."""
+    value = getattr(config, name)
+    if not isinstance(value, str) or value not in options:
+        raise ValueError(f"{type(config).__name__}.{name} must be one of {tuple(options)}, got {value!r}")
+
+
+def check_flag(config, name: str) -> None:
+    """``config.<name>`` must be a bool (not 0/1 or a string: ``"False"`` would read as true)."""
+    value = getattr(config, name)
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{type(config).__name__}.{name} must be True or False, got {value!r}")

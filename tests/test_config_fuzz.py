@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from fedjax_attacks import data, fl, frl, models
+from fedjax_attacks import rl_attack as ra
 from fedjax_attacks.rl import dqn, env as env_lib, ppo, td3
 
 _QUIET = dict(deadline=None, suppress_health_check=list(HealthCheck))
@@ -385,6 +386,64 @@ def _decbyzpg_valid_configs_run_two_iterations_without_nan(drawn):
     assert np.all(np.isfinite(state.theta)) and np.all(np.isfinite(history["returns"]))
 
 
+# ------------------------------------------------------------------------------------------------ RL attack
+RL_FL = fl.FLConfig(num_clients=20, num_malicious=4, clients_per_round=10, batch_size=4, rounds=12, eval_every=4,
+                    aggregator="krum", aggregator_hparams={"num_byzantine": 2})
+RL_COUNTS = ("tau_e", "chunk_rounds", "policy_iterations", "images_per_round", "max_targets", "inversion_steps",
+             "inversion_restarts", "denoiser_steps", "denoiser_batch", "heldout_size", "attack_batch",
+             "num_trajectories", "root_guess_size", "horizon", "num_envs")
+RL_VALID = {
+    **{name: _count(1, 4) for name in RL_COUNTS}, "tau_e": _count(1, 11),
+    "policy_until": st.sampled_from([None, 0, 8]), "own_capacity": st.sampled_from([None, 128]),
+    "distribution": st.sampled_from(["learned", "own", "unlabeled"]), "algorithm": st.sampled_from(["td3", "ppo"]),
+    "episode_start": st.sampled_from(["latest", "initial"]), "action": st.sampled_from([None, "reference"]),
+    "action_low": st.sampled_from([None, (0.2, 2.0)]), "log_scale": st.booleans(),
+    "heldout_fraction": st.floats(0.05, 0.95), "inversion_lr": st.floats(1e-3, 0.5),
+    "noise_std": st.floats(0.0, 1.0), "tv_weight": st.floats(0.0, 0.1), "attack_lr": st.sampled_from([None, 0.1]),
+}
+RL_BAD = {
+    **{name: BAD_COUNTS for name in RL_COUNTS}, "tau_e": BAD_COUNTS + [10.5],
+    "policy_until": [-1, 2.5, "3", True], "own_capacity": [0, 2.5, "128"],
+    "distribution": ["learnt", None], "algorithm": ["sac", None], "episode_start": ["first", None],
+    "action": ["papers", 3], "action_low": [("0.1", 1.0), (0.1,), (0.1, 0.5), (20.0, 2.0), (float("nan"), 1.0)],
+    "log_scale": [1, "False", None], "heldout_fraction": [0, 1.0, -0.1, float("nan"), "0.2", True],
+    "inversion_lr": BAD_RATES, "noise_std": [-0.1, float("nan"), float("inf"), "0.3"],
+    "tv_weight": [-1e-3, float("nan"), "0"], "attack_lr": [0, -0.1, float("nan"), "0.1", True],
+}
+
+
+def _rl_low_ok(low) -> bool:
+    """The default reference box under Krum is [0.1, 9.9] x [1, 21]; a given low must fit below its high."""
+    if low is None:
+        return True
+    return (isinstance(low, tuple) and len(low) == 2 and all(_is_number_in(v, -math.inf, math.inf) for v in low)
+            and 0 < low[0] < 9.9 and 1 <= low[1] < 21.0)
+
+
+def _rl_valid(c: dict) -> bool:
+    if not all(_is_count(c[n]) for n in RL_COUNTS) or c["tau_e"] >= RL_FL.rounds:
+        return False
+    if not (c["policy_until"] is None or _is_count(c["policy_until"], 0)):
+        return False
+    if not (c["own_capacity"] is None or _is_count(c["own_capacity"])):
+        return False
+    choices = {"distribution": ("learned", "own", "unlabeled"), "algorithm": ("td3", "ppo"),
+               "episode_start": ("latest", "initial"), "action": (None, "reference")}
+    if any(c[name] not in options for name, options in choices.items()) or not isinstance(c["log_scale"], bool):
+        return False
+    if not _is_number_in(c["heldout_fraction"], 0, 1, lo_open=True) or c["heldout_fraction"] == 1:
+        return False
+    if not _is_rate(c["inversion_lr"]) or not (c["attack_lr"] is None or _is_rate(c["attack_lr"])):
+        return False
+    if not all(_is_number_in(c[n], 0, math.inf) for n in ("noise_std", "tv_weight")):
+        return False
+    return _rl_low_ok(c["action_low"])
+
+
+def _rl_attack_config_fuzz_validation(drawn):
+    _check(_rl_valid, drawn, lambda fields: ra.RLAttackConfig(**fields).validate(RL_FL))
+
+
 # the validation fuzz: 30 examples each in `make test`, 300 under `make test-slow`
 def _fuzz_tests(strategy, body):
     return SOME(given(strategy)(body)), pytest.mark.slow(MANY(given(strategy)(body)))
@@ -400,6 +459,8 @@ test_dqn_config_fuzz_validation, test_dqn_config_fuzz_validation_many = _fuzz_te
     _configs(DQN_VALID, DQN_BAD).map(_off_policy_fields), _dqn_config_fuzz_validation)
 test_decbyzpg_config_fuzz_validation, test_decbyzpg_config_fuzz_validation_many = _fuzz_tests(
     _configs(DEC_VALID, DEC_BAD), _decbyzpg_config_fuzz_validation)
+test_rl_attack_config_fuzz_validation, test_rl_attack_config_fuzz_validation_many = _fuzz_tests(
+    _configs(RL_VALID, RL_BAD), _rl_attack_config_fuzz_validation)
 
 
 # the runs: 2 valid configs each in `make test`, 20 under `make test-slow`
@@ -435,6 +496,9 @@ DQN_BASE = dict(OFF_BASE, start_e=1.0, end_e=0.05, exploration_fraction=0.5, tra
 DEC_BASE = dict(num_agents=4, num_byzantine=1, attack="large_noise", aggregator="median", bucket_size=1,
                 large_batch=2, small_batch=1, switch_prob=0.5, learning_rate=1e-3, gamma=0.99, horizon=4,
                 agreement="gda", agreement_rounds=0, hidden=(4,))
+RL_BASE = dict({name: 2 for name in RL_COUNTS}, tau_e=4, policy_until=8, own_capacity=None, distribution="learned",
+               algorithm="td3", episode_start="latest", action=None, action_low=None, log_scale=True,
+               heldout_fraction=0.2, inversion_lr=0.05, noise_std=0.3, tv_weight=0.02, attack_lr=None)
 KINDS = {  # kind -> (base, bad table, cross-field invalid changes, oracle, builder)
     "fl": (FL_BASE, FL_BAD, [dict(clients_per_round=4), dict(num_malicious=9), dict(clients_per_round=9),
                              dict(eval_every=3), dict(local_steps=2), dict(knowledge="partial"),
@@ -449,6 +513,8 @@ KINDS = {  # kind -> (base, bad table, cross-field invalid changes, oracle, buil
             _dqn_valid, lambda f: dqn.make_trainer(dqn.DQNConfig(**f), *CARTPOLE)),
     "decbyzpg": (DEC_BASE, DEC_BAD, [dict(num_byzantine=2), dict(num_byzantine=0), dict(attack="none")],
                  _dec_valid, lambda f: frl.make_decbyzpg(_dec_config(f))),
+    "rl_attack": (RL_BASE, RL_BAD, [dict(tau_e=12), dict(action_low=(9.95, 1.0))], _rl_valid,
+                  lambda f: ra.RLAttackConfig(**f).validate(RL_FL)),
 }
 SWEEP = [(kind, field, bad) for kind, (_, table, _, _, _) in KINDS.items() for field in sorted(table)
          for bad in table[field]]

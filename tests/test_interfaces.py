@@ -20,28 +20,36 @@ GOLDEN = pathlib.Path(__file__).parent / "data" / "centered_clipping_fl_golden.n
 
 # ---------------------------------------------------------------- aggregator state
 @pytest.mark.parametrize("attack", ["none", "ipm"])
-def test_centered_clipping_state_reproduces_the_previous_history_bit_for_bit(attack):
+def test_centered_clipping_state_reproduces_the_previous_history(attack):
     """The golden file was written by the library before centered clipping's centre moved into its state (the FL
-    loop then passed the previous aggregate as context): the threaded state must give the same run, bit for bit.
-    The file was written on a CPU at full float32 precision by an optimized program, so this compares on a CPU
-    only, compiled with XLA's optimizations."""
+    loop then passed the previous aggregate as context): the threaded state must give the same run. XLA's CPU code
+    differs by processor and by optimization level (float sums in other orders: up to 1e-7 here after 12 rounds),
+    so parameters and losses compare within 1e-5, the accuracy within one test image, and the sampled malicious
+    counts (integers from the PRNG, the same on every machine) exactly. A centre that is not threaded (reset to 0
+    each round) moves the parameters by up to 2e-2."""
     if jax.default_backend() != "cpu":
-        pytest.skip("the golden history is a CPU's; other devices sum floats in other orders")
+        pytest.skip("the golden history is a CPU's at full float32 precision")
     golden = np.load(GOLDEN)
     config = fl.FLConfig(num_clients=20, num_malicious=4, clients_per_round=5, batch_size=4, lr=0.1, rounds=12,
                          eval_every=3, aggregator="centered_clipping",
                          aggregator_hparams={"tau": 0.5, "num_iters": 2}, attack=attack)
-    unoptimized = jax.config.read("jax_disable_most_optimizations")  # the fast suite's setting (tests/conftest.py)
-    jax.config.update("jax_disable_most_optimizations", False)  # the file was written by an optimized program
-    try:
-        with jax.default_matmul_precision("highest"):  # as written (and not rounded by `make test-tf32`)
-            params, history = jax.jit(fl.make_run(config, DIGITS, MLP))(jax.random.PRNGKey(3))
-    finally:
-        jax.config.update("jax_disable_most_optimizations", unoptimized)
-    np.testing.assert_array_equal(np.asarray(params), golden[f"{attack}_params"])
-    np.testing.assert_array_equal(np.asarray(history.test_accuracy), golden[f"{attack}_acc"])
-    np.testing.assert_array_equal(np.asarray(history.test_loss), golden[f"{attack}_loss"])
+    with jax.default_matmul_precision("highest"):  # as written (and not rounded by `make test-tf32`)
+        params, history = jax.jit(fl.make_run(config, DIGITS, MLP))(jax.random.PRNGKey(3))
+    np.testing.assert_allclose(np.asarray(params), golden[f"{attack}_params"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(history.test_loss), golden[f"{attack}_loss"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(history.test_accuracy), golden[f"{attack}_acc"],
+                               atol=1.5 / len(DIGITS.y_test))
     np.testing.assert_array_equal(np.asarray(history.num_malicious_selected), golden[f"{attack}_count"])
+
+
+def test_every_rule_can_be_jitted_as_a_function():
+    """Users jit a rule as they jit a function: ``jax.jit(rule)(updates)`` equals the one-shot call."""
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(9, 4)), jnp.float32)
+    key = jax.random.PRNGKey(0)
+    for name in ("mean", "median", "trimmed_mean", "krum", "geometric_median", "centered_clipping", "bucketing"):
+        rule = agg.get(name, **({"num_byzantine": 1} if name == "krum" else {}))
+        context = {"key": key} if "key" in rule.needs or name == "bucketing" else {}
+        np.testing.assert_allclose(jax.jit(rule)(x, **context), rule(x, **context), rtol=1e-6, err_msg=name)
 
 
 def test_centered_clipping_centre_lives_in_its_state():

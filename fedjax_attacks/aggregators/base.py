@@ -9,7 +9,8 @@ Inputs are computed in float32 at least: integer (and bool) updates give the flo
 updates are computed in float32 and the result is returned in their dtype.
 """
 
-from typing import Any, Callable, NamedTuple
+import dataclasses
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -17,8 +18,12 @@ import jax.numpy as jnp
 CONTEXT = ("key", "server_update")
 
 
-class Aggregator(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class Aggregator:
     """A robust aggregation rule or a pre-aggregator.
+
+    A frozen dataclass (hashable, compared by its fields), so it is a static argument of ``jax.jit`` and can itself
+    be jitted: ``jax.jit(rule)(updates)``.
 
     Attributes:
       init: ``init(dim) -> state``.

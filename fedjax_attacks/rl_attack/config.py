@@ -17,6 +17,7 @@ from fedjax_attacks.fl import FLConfig
 from fedjax_attacks.rl_attack.distribution import DISTRIBUTIONS
 from fedjax_attacks.rl.ppo import PPOConfig
 from fedjax_attacks.rl.td3 import TD3Config
+from fedjax_attacks.validation import check_choice, check_count, check_flag, check_in_range, check_rate
 
 ACTION_KINDS = ("paper", "reference", "fltrust")
 ALGORITHMS = ("td3", "ppo")
@@ -138,13 +139,14 @@ class RLAttackConfig:
         for name in ("tau_e", "chunk_rounds", "policy_iterations", "images_per_round", "max_targets",
                      "inversion_steps", "inversion_restarts", "denoiser_steps", "denoiser_batch", "heldout_size",
                      "attack_batch", "num_trajectories", "root_guess_size", "horizon", "num_envs"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"RLAttackConfig.{name} must be >= 1, got {getattr(self, name)}")
+            check_count(self, name)
+        if self.policy_until is not None:
+            check_count(self, "policy_until", 0)
+        if self.own_capacity is not None:
+            check_count(self, "own_capacity")
         if self.tau_e >= fl_config.rounds:
             raise ValueError(f"RLAttackConfig.tau_e (tau_E={self.tau_e}) must be below the number of rounds "
                              f"FLConfig.rounds={fl_config.rounds}: the attack starts at round tau_E")
-        if self.last_policy_round < 0:
-            raise ValueError(f"RLAttackConfig.policy_until must be >= 0, got {self.policy_until}")
         if fl_config.num_malicious < 1:
             raise ValueError("FLConfig.num_malicious is 0: the RL attack needs at least one attacker")
         if fl_config.mode != "fedsgd":
@@ -152,15 +154,18 @@ class RLAttackConfig:
                              "(mode='fedsgd'), the seed paper's protocol")
         for name, options in (("distribution", DISTRIBUTIONS), ("algorithm", ALGORITHMS),
                               ("episode_start", EPISODE_STARTS)):
-            if getattr(self, name) not in options:
-                raise ValueError(f"RLAttackConfig.{name} must be one of {options}, got {getattr(self, name)!r}")
-        if not 0.0 < self.heldout_fraction < 1.0:
-            raise ValueError(f"RLAttackConfig.heldout_fraction must lie in (0, 1), got {self.heldout_fraction}")
-        for name in ("inversion_lr", "noise_std", "tv_weight"):
-            if not float(getattr(self, name)) >= 0:
-                raise ValueError(f"RLAttackConfig.{name} must be >= 0, got {getattr(self, name)}")
-        if self.attack_lr is not None and not self.attack_lr > 0:
-            raise ValueError(f"RLAttackConfig.attack_lr must be > 0 or None, got {self.attack_lr}")
+            check_choice(self, name, options)
+        if self.action is not None:
+            check_choice(self, "action", ACTION_KINDS)
+        check_flag(self, "log_scale")
+        check_in_range(self, "heldout_fraction", 0.0, 1.0, low_open=True)
+        if self.heldout_fraction == 1.0:
+            raise ValueError("RLAttackConfig.heldout_fraction must lie in (0, 1): 1 leaves no data to simulate with")
+        check_rate(self, "inversion_lr")
+        for name in ("noise_std", "tv_weight"):
+            check_in_range(self, name, 0.0)
+        if self.attack_lr is not None:
+            check_rate(self, "attack_lr")
         _check_mirrorable(fl_config, self.episode_start)
         space = self._action_space(fl_config.aggregator)
         self.learner_config.validate()
@@ -205,6 +210,10 @@ class ActionSpace:
     def make(kind: str, low, high, log_scale: bool = False) -> "ActionSpace":
         """Validates the dimensions (3 for ``paper``/``fltrust``, 2 for ``reference``) and ``low < high``."""
         dim = 2 if kind == "reference" else 3
+        for name, box in (("action_low", low), ("action_high", high)):
+            if not isinstance(box, (tuple, list)) or any(isinstance(v, (bool, str)) or not np.isscalar(v)
+                                                         for v in box):
+                raise ValueError(f"RLAttackConfig.{name} must be a tuple of numbers, got {box!r}")
         low, high = tuple(float(v) for v in low), tuple(float(v) for v in high)
         if len(low) != dim or len(high) != dim:
             raise ValueError(f"RLAttackConfig.action_low/action_high: action {kind!r} has {dim} dimensions, got "
