@@ -41,56 +41,56 @@ FAST = ["-m", "not slow"]
 MODULES = {
     "aggregators/coordinatewise.py": [
         "tests/test_aggregators.py::-k median_and_trimmed or (non_finite_rows and (median or trimmed)) or honest_range",
-        "tests/test_strengthened_aggregators.py::-k coordinatewise or median or trimmed"],
+        "tests/test_aggregators.py::-k coordinatewise or median or trimmed"],
     "aggregators/sorting.py": [
-        "tests/test_mutation_kills_robust_rules.py::-k batcher or order_statistic or tiled",
+        "tests/test_aggregators.py::-k batcher or order_statistic or tiled",
         "tests/test_aggregators.py::-k sorting_network or median_and_trimmed or order_statistics_method"],
     "aggregators/selection.py": [
-        "tests/test_mutation_kills_robust_rules.py::-k krum or bulyan or mda or dnc or selection_rules",
+        "tests/test_aggregators.py::-k krum or bulyan or mda or dnc or selection_rules",
         "tests/test_aggregators.py::-k krum_family or nnm_mda or (non_finite_rows and krum)",
-        "tests/test_strengthened_aggregators.py::-k krum or bulyan or mda or dnc"],
+        "tests/test_aggregators.py::-k krum or bulyan or mda or dnc"],
     "aggregators/reweighting.py": [
-        "tests/test_mutation_kills_robust_rules.py::-k geometric or centered or fltrust",
+        "tests/test_aggregators.py::-k geometric or centered or fltrust",
         "tests/test_aggregators.py::-k geometric_median_and or (non_finite_rows and (geometric or fltrust or centered))",
-        "tests/test_strengthened_aggregators.py::-k geometric or fltrust or centered"],
+        "tests/test_aggregators.py::-k geometric or fltrust or centered"],
     "aggregators/pre.py": [
-        "tests/test_mutation_kills_aggregators.py",
+        "tests/test_aggregators.py",
         "tests/test_aggregators.py::-k norm_clip_and or bucketing_matches or nnm_mda",
         "tests/test_robustness.py::-k clipped_median_drops or bucketing_drops or nnm"],
     "aggregators/_common.py": [
-        "tests/test_mutation_kills_interfaces.py::-k check_ or sq_norms or weighted_row_sum or mean_on_both or pairwise or reference_row or never_negative or smallest_sum",
+        "tests/test_interfaces.py::-k check_ or sq_norms or weighted_row_sum or mean_on_both or pairwise or reference_row or never_negative or smallest_sum",
         "tests/test_interfaces.py::-k distance_rules",
         "tests/test_aggregators.py::-k mean_is_not or registry"],
     "aggregators/base.py": [
-        "tests/test_mutation_kills_interfaces.py::-k aggregator_defaults or stateless_rules or check_final or chain_folds or chain_refuses or keyword_only",
+        "tests/test_interfaces.py::-k aggregator_defaults or stateless_rules or check_final or chain_folds or chain_refuses or keyword_only",
         "tests/test_interfaces.py::-k chain_threads or pre_aggregator_as or half_precision or integer_input or centre_lives"],
     "aggregators/rules.py": [
-        "tests/test_mutation_kills_interfaces.py::-k mean_on_both or weighted_row_sum",
+        "tests/test_interfaces.py::-k mean_on_both or weighted_row_sum",
         "tests/test_aggregators.py::-k mean_is_not"],
     "aggregators/registry.py": [
-        "tests/test_mutation_kills_interfaces.py::-k registry or keyword_only",
+        "tests/test_interfaces.py::-k registry or keyword_only",
         "tests/test_interfaces.py::-k register",
         "tests/test_aggregators.py::-k registry"],
     "attacks/base.py": [
-        "tests/test_mutation_kills_interfaces.py::-k attack_input or attack_defaults or attacks_check_positive or attack_registry or keyword_only",
+        "tests/test_interfaces.py::-k attack_input or attack_defaults or attacks_check_positive or attack_registry or keyword_only",
         "tests/test_attacks.py::-k none_submits or registry_covers or bad_hyperparameters or full_knowledge_flags or lmp_median_goes",
-        "tests/test_mutation_kills_attacks.py::-k reference_mask"],
+        "tests/test_attacks.py::-k reference_mask"],
     "attacks/baselines.py": [
-        "tests/test_mutation_kills_attacks.py::-k eb_and or defaults or label_flip_accepts or non_finite",
+        "tests/test_attacks.py::-k eb_and or defaults or label_flip_accepts or non_finite",
         "tests/test_attacks.py::-k eb_is or ipm_makes or avg_zero or sign_flip_and or label_flip or alie or bad_hyper or full_knowledge or registry or partial_knowledge",
-        "tests/test_strengthened_attacks.py::-k noise_attacks"],
+        "tests/test_attacks.py::-k noise_attacks"],
     "attacks/shejwalkar.py": [
-        "tests/test_mutation_kills_attacks.py::-k shejwalkar or unit_vec or thirty or one_search",
+        "tests/test_attacks.py::-k shejwalkar or unit_vec or thirty or one_search",
         "tests/test_attacks.py::-k minmax or minsum or shejwalkar",
-        "tests/test_strengthened_attacks.py::-k minmax or minsum"],
+        "tests/test_attacks.py::-k minmax or minsum"],
     "attacks/lmp.py": [
-        "tests/test_mutation_kills_attacks.py::-k lmp or one_search",
+        "tests/test_attacks.py::-k lmp or one_search",
         "tests/test_attacks.py::-k lmp or krum_lambda"],
     "attacks/stats.py": [
         "tests/test_attacks.py::-k alie or ipm",
-        "tests/test_mutation_kills_attacks.py::-k masked or reference_mask"],
+        "tests/test_attacks.py::-k masked or reference_mask"],
     "attacks/switch.py": [
-        "tests/test_mutation_kills_interfaces.py::-k switch",
+        "tests/test_interfaces.py::-k switch",
         "tests/test_attacks.py::-k registry_covers"],
     "fl/config.py": [
         "tests/test_mutation_kills_fl.py",
@@ -137,37 +137,37 @@ MODULES = {
         "tests/test_frl_blocks.py::-k validation_refuses or steps_are_checked",
         "tests/test_mutation_kills_frl_algorithms.py::-k variants_take_mesh or greedy_scores or variants_by_iterations"],
     "models/zoo.py": [
-        "tests/test_mutation_kills_models.py::-k zoo_model or get_validates",
+        "tests/test_models.py::-k zoo_model or get_validates",
         "tests/test_models.py::-k paper_cnn_layer_shapes"],
     "models/flat.py": [
-        "tests/test_mutation_kills_models.py::-k flat_model_contract or leading_batch",
+        "tests/test_models.py::-k flat_model_contract or leading_batch",
         "tests/test_models.py::-k loss_and_accuracy or (round_trip and mlp)",
-        "tests/test_strengthened_models.py::-k cross_entropy or mlp"],
+        "tests/test_models.py::-k cross_entropy or mlp"],
     "inversion/metrics.py": [
-        "tests/test_mutation_kills_models.py::-k gaussian or ssim or mse_psnr or optimal or batch_scores",
+        "tests/test_models.py::-k gaussian or ssim or mse_psnr or optimal or batch_scores",
         "tests/test_inversion.py::-k ssim_psnr or l2_and_cosine or total_variation",
         "tests/test_strengthened_inversion.py"],
     "rl/gae.py": [
         "tests/test_rl_core.py::-k gae or n_step",
-        "tests/test_strengthened_rl.py::-k gae",
-        "tests/test_mutation_kills_rl.py::-k gae or n_step"],
+        "tests/test_rl_core.py::-k gae",
+        "tests/test_rl_core.py::-k gae or n_step"],
     "rl/replay.py": [
         "tests/test_rl_core.py::-k replay or off_policy_configs or config_validation",
-        "tests/test_strengthened_rl.py::-k replay",
-        "tests/test_mutation_kills_rl.py::-k replay or off_policy"],
+        "tests/test_rl_core.py::-k replay",
+        "tests/test_rl_core.py::-k replay or off_policy"],
     "rl/wrappers.py": [
-        "tests/test_mutation_kills_rl.py::-k episode_stats or vec_env or normalize or wrapper",
+        "tests/test_rl_core.py::-k episode_stats or vec_env or normalize or wrapper",
         "tests/test_rl_core.py::-k vec_env or log_wrapper or running_moments or normalize_observation",
-        "tests/test_strengthened_rl.py::-k wrapper or normaliz or log_wrapper"],
+        "tests/test_rl_core.py::-k wrapper or normaliz or log_wrapper"],
     "rl/ppo.py::loss": [
-        "tests/test_mutation_kills_rl.py::-k ppo_loss_normalized",
+        "tests/test_rl_core.py::-k ppo_loss_normalized",
         "tests/test_rl_core.py::-k ppo_loss_hand"],
     "rl/dqn.py::td_loss,epsilon": [
-        "tests/test_mutation_kills_rl.py::-k dqn_td_loss_terminal",
+        "tests/test_rl_core.py::-k dqn_td_loss_terminal",
         "tests/test_rl_core.py::-k dqn_td_loss",
-        "tests/test_strengthened_rl.py::-k epsilon"],
+        "tests/test_rl_core.py::-k epsilon"],
     "rl/td3.py::td_targets,critic_loss,actor_loss": [
-        "tests/test_mutation_kills_rl.py::-k td3_targets_clip",
+        "tests/test_rl_core.py::-k td3_targets_clip",
         "tests/test_rl_core.py::-k td3_targets_and_losses"],
 }
 REPLACEMENTS = {"Add": "Sub", "Sub": "Add", "Mul": "Div", "Div": "Mul", "FloorDiv": "Div", "Mod": "Div",
