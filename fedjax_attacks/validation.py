@@ -59,3 +59,18 @@ def check_flag(config, name: str) -> None:
     value = getattr(config, name)
     if not isinstance(value, (bool, np.bool_)):
         raise ValueError(f"{type(config).__name__}.{name} must be True or False, got {value!r}")
+
+
+def check_index(index, size: int, name: str, *, scalar: bool = False):
+    """A concrete ``index`` (a Python or numpy integer, or an integer array; one integer with ``scalar``) must
+    hold integers in ``[0, size)``, else ``ValueError`` naming ``name``; returns it (a Python int with ``scalar``).
+    Tracers pass unchecked (``lax.switch`` clamps them into range)."""
+    if isinstance(index, jax.core.Tracer):
+        return index
+    array = np.asarray(index)
+    if isinstance(index, bool) or not np.issubdtype(array.dtype, np.integer) or (scalar and array.ndim):
+        kind = "an integer" if scalar else "an integer (or integer array)"
+        raise ValueError(f"{name} must be {kind} in [0, {size}), got {index!r}")
+    if array.size and not (array.min() >= 0 and array.max() < size):
+        raise ValueError(f"{name} {array.tolist()} is outside [0, {size})")
+    return int(array) if scalar else index

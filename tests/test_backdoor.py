@@ -103,6 +103,77 @@ def test_unknown_attack_and_badrl_without_q_are_rejected():
         backdoor.run_settings(("none", "trojdrl"), [("sleepernets", 0.01, 5.0, 0.5)])
 
 
+@pytest.mark.parametrize("field, value", [
+    ("budget", "0.1"), ("budget", True), ("budget", float("nan")), ("budget", float("inf")),
+    ("reward", "5"), ("reward", True), ("reward", float("nan")), ("reward", float("inf")), ("reward", -1.0),
+    ("alpha", "0.5"), ("alpha", False), ("alpha", float("nan")), ("alpha", float("inf")), ("alpha", -0.1),
+    ("asr_stop", "1"), ("asr_stop", float("nan")), ("asr_stop", 0.0), ("asr_stop", 1.5),
+    ("target", "0"), ("target", True), ("target", 0.0), ("target", None),
+    ("target_dim", -1), ("target_dim", True), ("target_dim", 0.0)])
+def test_config_refuses_strings_bools_non_finite_and_out_of_range_values(field, value):
+    """Every field of ``BackdoorConfig`` through the shared validators: the error names the field."""
+    with pytest.raises(ValueError, match=f"BackdoorConfig.{field}"):
+        backdoor.BackdoorConfig(**{field: value}).validate()
+
+
+def test_config_accepts_the_edges_numpy_numbers_and_traced_values():
+    for ok in (dict(budget=1.0, alpha=0.0, asr_stop=1.0), dict(budget=np.float32(0.5), reward=np.int64(2),
+               target=np.int64(1), target_dim=np.int32(0))):
+        backdoor.BackdoorConfig(**ok).validate(rl.env.EnvSpec(obs_shape=(3,), discrete=True, num_actions=2))
+    traced = jax.jit(lambda b, c: (backdoor.BackdoorConfig(budget=b, reward=c, alpha=b, asr_stop=b).validate(),
+                                   b)[1])
+    assert float(traced(5.0, -1.0)) == 5.0  # traced values pass (they were checked where they were made)
+
+
+def test_evaluate_refuses_a_target_outside_the_action_space():
+    """``evaluate`` reads ``pi(a+ | delta(s))``: a target outside ``Discrete(2)`` is refused, not clamped or
+    wrapped (``-1`` would silently read action 1)."""
+    env, params = _cartpole()
+
+    def apply_fn(p, obs):
+        return networks.Categorical(jnp.zeros(obs.shape[:-1] + (2,))), jnp.zeros(obs.shape[:-1])
+
+    for target in (2, -1):
+        with pytest.raises(ValueError, match="target action"):
+            backdoor.evaluate(jax.random.key(0), apply_fn, {}, env, params, backdoor.FEATURE_ON,
+                              backdoor.BackdoorConfig(target=target), 1, 2)
+
+
+@pytest.mark.parametrize("row, match", [
+    (("none", 5.0, 5.0, 0.5), "budget"), (("none", float("nan"), 5.0, 0.5), "budget"),
+    (("none", 0.0, 5.0, 0.5), "budget"), (("none", "0.1", 5.0, 0.5), "budget"),
+    (("none", 0.1, -5.0, 0.5), "reward"), (("none", 0.1, float("nan"), 0.5), "reward"),
+    (("none", 0.1, float("inf"), 0.5), "reward"), (("none", 0.1, 5.0, -0.5), "alpha"),
+    (("none", 0.1, 5.0, float("nan")), "alpha"), (("none", jnp.float32(2.0), 5.0, 0.5), "budget"),
+    (("none", 0.1, 5.0), "4 entries")])
+def test_run_settings_refuses_bad_concrete_budgets_rewards_and_alphas(row, match):
+    with pytest.raises(ValueError, match=match):
+        backdoor.run_settings(("none", "trojdrl"), [("trojdrl", 0.1, 5.0, 0.5), row])
+
+
+def test_run_settings_keeps_good_and_traced_values():
+    runs = backdoor.run_settings(("none", "trojdrl"), [("trojdrl", 1.0, 2, 0.0), ("none", jnp.float32(0.1), 5.0, 0.5)])
+    np.testing.assert_array_equal(runs.which, [1, 0])
+    np.testing.assert_allclose(runs.budget, [1.0, 0.1])
+    with pytest.raises(ValueError, match="at least one"):
+        backdoor.run_settings(("none",), [])
+    traced = jax.jit(lambda b: backdoor.run_settings(("none",), [("none", b, 5.0, 0.5)]).budget)
+    np.testing.assert_array_equal(traced(5.0), [5.0])  # traced values pass unchecked
+
+
+@pytest.mark.parametrize("trigger, shape, match", [
+    (triggers.ImagePatch(low=float("nan")), (10, 10, 1), "ImagePatch.low"),
+    (triggers.ImagePatch(high=float("inf")), (10, 10, 1), "ImagePatch.high"),
+    (triggers.ImagePatch(high="1"), (10, 10, 1), "ImagePatch.high"),
+    (triggers.ImagePatch(size=2.0), (10, 10, 1), "ImagePatch.size"),
+    (triggers.FeaturePattern(indices=(0, 1), values=(1.0, float("nan"))), (4,), "FeaturePattern.values"),
+    (triggers.FeaturePattern(values=(float("-inf"),)), (4,), "FeaturePattern.values"),
+    (triggers.FeaturePattern(values=(True,)), (4,), "FeaturePattern.values")])
+def test_non_finite_or_non_numeric_trigger_values_are_refused(trigger, shape, match):
+    with pytest.raises(ValueError, match=match):
+        triggers.check(trigger, shape)
+
+
 # ----------------------------------------------------------------------------------------------- SleeperNets
 
 def _random_column_data(seed, num_steps=12, num_envs=3):

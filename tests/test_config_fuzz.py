@@ -1,4 +1,5 @@
-"""Config fuzzing (issue 16): hypothesis draws random FLConfig, PPOConfig, TD3Config, DQNConfig and DecByzPGConfig.
+"""Config fuzzing (issues 16, 26): hypothesis draws random FLConfig, PPOConfig, TD3Config, DQNConfig, DecByzPGConfig,
+RLAttackConfig, BackdoorConfig, RGIAConfig and RGIA Victim configs.
 
 An independent oracle written here from the documented rules says whether a drawn config is valid. Every invalid
 one must raise ``ValueError`` at the builder (``make_simulation`` / ``make_trainer`` / ``make_decbyzpg``), before
@@ -17,7 +18,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from fedjax_attacks import data, fl, frl, models
+from fedjax_attacks import backdoor
 from fedjax_attacks import rl_attack as ra
+from fedjax_attacks.inversion import rgia
 from fedjax_attacks.rl import dqn, env as env_lib, ppo, td3
 
 _QUIET = dict(deadline=None, suppress_health_check=list(HealthCheck))
@@ -359,8 +362,8 @@ def _dec_valid(c: dict) -> bool:
         return False
     if not _is_rate(c["learning_rate"]) or c["aggregator"] not in ("mean", "median", "rfa"):
         return False
-    if not _valid_hidden(c["hidden"]):
-        return False
+    if not _valid_hidden(c["hidden"]) or not (c["bucket_size"] == 1 or c["bucket_size"] < c["num_agents"]):
+        return False  # one bucket of every agent turns any rule into the mean
     return c["agreement"] in ("mda", "gda", "none") and _is_count(c["agreement_rounds"], 0)
 
 
@@ -444,6 +447,72 @@ def _rl_attack_config_fuzz_validation(drawn):
     _check(_rl_valid, drawn, lambda fields: ra.RLAttackConfig(**fields).validate(RL_FL))
 
 
+# ------------------------------------------------------------------------------- SleeperNets and RGIA configs
+CARTPOLE_SPEC = env_lib.spec(*CARTPOLE)
+BACKDOOR_VALID = {"target": _count(0, 1), "budget": st.floats(1e-4, 1.0), "reward": st.floats(0.1, 10.0),
+                  "alpha": st.floats(0.0, 2.0), "asr_stop": st.floats(0.1, 1.0), "target_dim": st.just(0)}
+BACKDOOR_BAD = {"target": [2, -1, 0.0, True, "0"], "budget": [0, 1.5, -0.1, float("nan"), "0.1", True],
+                "reward": BAD_RATES, "alpha": [-0.5, float("nan"), float("inf"), "0.5", True],
+                "asr_stop": [0, 1.5, float("nan"), "1"], "target_dim": [-1, 0.5, "0", True]}
+
+
+def _backdoor_valid(c: dict) -> bool:
+    if not (_is_count(c["target"], 0) and c["target"] < CARTPOLE_SPEC.num_actions and _is_count(c["target_dim"], 0)):
+        return False
+    if not all(_is_number_in(c[n], 0, 1, lo_open=True) for n in ("budget", "asr_stop")):
+        return False
+    return _is_rate(c["reward"]) and _is_number_in(c["alpha"], 0, math.inf)
+
+
+def _backdoor_config_fuzz_validation(drawn):
+    _check(_backdoor_valid, drawn, lambda fields: backdoor.BackdoorConfig(**fields).validate(CARTPOLE_SPEC))
+
+
+RGIA_VALID = {"batch_size": _count(1, 8), "num_steps": _count(1, 100), "learning_rate": st.floats(1e-3, 1.0),
+              "num_restarts": _count(1, 16), "distance": st.sampled_from(sorted(rgia.DISTANCES)),
+              "dynamics_target_only": st.booleans(),
+              "regularizers": st.sampled_from([{}, {"reward": 1.0}, {"reward": 0.0, "dynamics": 0.1}])}
+RGIA_BAD = {**{name: BAD_COUNTS + [2.5] for name in ("batch_size", "num_steps", "num_restarts")},
+            "learning_rate": BAD_RATES, "distance": ["l1", None, 2], "dynamics_target_only": [1, "True", None],
+            "regularizers": [{"reward": -1.0}, {"reward": float("nan")}, {"reward": "1"}, {"rewards": 1.0}, [1.0]]}
+
+
+def _rgia_valid(c: dict) -> bool:
+    if not all(_is_count(c[n]) for n in ("batch_size", "num_steps", "num_restarts")) or not _is_rate(
+            c["learning_rate"]):
+        return False
+    if c["distance"] not in rgia.DISTANCES or not isinstance(c["dynamics_target_only"], bool):
+        return False
+    weights = c["regularizers"]
+    return isinstance(weights, dict) and all(name in rgia.REGULARIZERS and _is_number_in(w, 0, math.inf)
+                                             for name, w in weights.items())
+
+
+def _rgia_config_fuzz_validation(drawn):
+    _check(_rgia_valid, drawn, lambda fields: rgia.RGIAConfig(**fields).validate())
+
+
+VICTIM_VALID = {"kind": st.sampled_from(["dqn", "td3"]), "obs_dim": _count(1, 8), "num_actions": _count(1, 4),
+                "hidden": st.sampled_from([(4,), (4, 4)]), "gamma": st.floats(0.0, 1.0), "double_q": st.booleans(),
+                "policy_noise": st.floats(0.0, 0.5), "noise_clip": st.floats(0.0, 1.0)}
+VICTIM_BAD = {"kind": ["ppo", None], "obs_dim": BAD_COUNTS, "num_actions": BAD_COUNTS,
+              "hidden": [(0,), (4.0,), "64", ()], "gamma": [-0.1, 1.5, float("nan"), "0.9"],
+              "double_q": [1, "False", None], "policy_noise": [-0.1, float("nan")],
+              "noise_clip": [-0.5, float("inf"), "0.5"]}
+
+
+def _victim_valid(c: dict) -> bool:
+    if c["kind"] not in rgia.VICTIM_KINDS or not (_is_count(c["obs_dim"]) and _is_count(c["num_actions"])):
+        return False
+    if not _valid_hidden(c["hidden"]) or not _is_number_in(c["gamma"], 0, 1) or not isinstance(c["double_q"], bool):
+        return False
+    return all(_is_number_in(c[n], 0, math.inf) for n in ("policy_noise", "noise_clip"))
+
+
+def _victim_fuzz_validation(drawn):
+    _check(_victim_valid, drawn, lambda fields: rgia.Victim(**fields).validate())
+
+
 # the validation fuzz: 30 examples each in `make test`, 300 under `make test-slow`
 def _fuzz_tests(strategy, body):
     return SOME(given(strategy)(body)), pytest.mark.slow(MANY(given(strategy)(body)))
@@ -461,6 +530,12 @@ test_decbyzpg_config_fuzz_validation, test_decbyzpg_config_fuzz_validation_many 
     _configs(DEC_VALID, DEC_BAD), _decbyzpg_config_fuzz_validation)
 test_rl_attack_config_fuzz_validation, test_rl_attack_config_fuzz_validation_many = _fuzz_tests(
     _configs(RL_VALID, RL_BAD), _rl_attack_config_fuzz_validation)
+test_backdoor_config_fuzz_validation, test_backdoor_config_fuzz_validation_many = _fuzz_tests(
+    _configs(BACKDOOR_VALID, BACKDOOR_BAD), _backdoor_config_fuzz_validation)
+test_rgia_config_fuzz_validation, test_rgia_config_fuzz_validation_many = _fuzz_tests(
+    _configs(RGIA_VALID, RGIA_BAD), _rgia_config_fuzz_validation)
+test_victim_fuzz_validation, test_victim_fuzz_validation_many = _fuzz_tests(
+    _configs(VICTIM_VALID, VICTIM_BAD), _victim_fuzz_validation)
 
 
 # the runs: 2 valid configs each in `make test`, 20 under `make test-slow`
@@ -499,6 +574,11 @@ DEC_BASE = dict(num_agents=4, num_byzantine=1, attack="large_noise", aggregator=
 RL_BASE = dict({name: 2 for name in RL_COUNTS}, tau_e=4, policy_until=8, own_capacity=None, distribution="learned",
                algorithm="td3", episode_start="latest", action=None, action_low=None, log_scale=True,
                heldout_fraction=0.2, inversion_lr=0.05, noise_std=0.3, tv_weight=0.02, attack_lr=None)
+BACKDOOR_BASE = dict(target=1, budget=0.005, reward=5.0, alpha=0.5, asr_stop=1.0, target_dim=0)
+RGIA_BASE = dict(batch_size=2, num_steps=10, learning_rate=0.1, num_restarts=2, distance="cosine",
+                 dynamics_target_only=True, regularizers={"reward": 1.0})
+VICTIM_BASE = dict(kind="dqn", obs_dim=4, num_actions=2, hidden=(4,), gamma=0.99, double_q=True, policy_noise=0.2,
+                   noise_clip=0.5)
 KINDS = {  # kind -> (base, bad table, cross-field invalid changes, oracle, builder)
     "fl": (FL_BASE, FL_BAD, [dict(clients_per_round=4), dict(num_malicious=9), dict(clients_per_round=9),
                              dict(eval_every=3), dict(local_steps=2), dict(knowledge="partial"),
@@ -515,6 +595,10 @@ KINDS = {  # kind -> (base, bad table, cross-field invalid changes, oracle, buil
                  _dec_valid, lambda f: frl.make_decbyzpg(_dec_config(f))),
     "rl_attack": (RL_BASE, RL_BAD, [dict(tau_e=12), dict(action_low=(9.95, 1.0))], _rl_valid,
                   lambda f: ra.RLAttackConfig(**f).validate(RL_FL)),
+    "backdoor": (BACKDOOR_BASE, BACKDOOR_BAD, [dict(target=5)], _backdoor_valid,
+                 lambda f: backdoor.BackdoorConfig(**f).validate(CARTPOLE_SPEC)),
+    "rgia": (RGIA_BASE, RGIA_BAD, [], _rgia_valid, lambda f: rgia.RGIAConfig(**f).validate()),
+    "victim": (VICTIM_BASE, VICTIM_BAD, [], _victim_valid, lambda f: rgia.Victim(**f).validate()),
 }
 SWEEP = [(kind, field, bad) for kind, (_, table, _, _, _) in KINDS.items() for field in sorted(table)
          for bad in table[field]]

@@ -159,3 +159,20 @@ def test_unrolled_rounds_give_the_same_run():
     rolled = jax.jit(fl.make_run(SMALL, DIGITS, MLP))(key)[0]
     unrolled = jax.jit(fl.make_run(dataclasses.replace(SMALL, unroll=2), DIGITS, MLP))(key)[0]
     np.testing.assert_allclose(unrolled, rolled, rtol=1e-5, atol=1e-6)
+
+
+def test_attack_sweep_refuses_concrete_indices_outside_its_members():
+    """``lax.switch`` clamps: index 5 (or -1) of two members would silently run the last (or first) one. Concrete
+    indices, scalar or vector, are refused before anything is traced; traced ones are documented as clamped."""
+    sweep = fl.make_attack_sweep(SMALL, DIGITS, MLP, [("none", {}), ("sign_flip", {})])
+    keys = jax.random.split(jax.random.PRNGKey(0), 2)
+    for index in (5, -1, 2, np.int32(2), jnp.int32(-1), jnp.array([0, 2]), np.array([-1, 1])):
+        with pytest.raises(ValueError, match=r"attack_index .* \[0, 2\)"):
+            sweep(keys, index)
+        with pytest.raises(ValueError, match=r"attack_index .* \[0, 2\)"):
+            sweep.lower(keys, index)
+    for index in (True, 1.0, jnp.array([0.0, 1.0]), "1"):
+        with pytest.raises(ValueError, match="attack_index"):
+            sweep(keys, index)
+    sweep.lower(keys, np.array([1, 0]))  # concrete indices in range pass the check (lowered, not compiled)
+    assert jax.eval_shape(lambda i: sweep(keys, i), 5).test_accuracy.shape == (2, 2)  # traced: unchecked

@@ -179,3 +179,76 @@ def test_validation_refuses_byzantine_majorities_bad_counts_and_bad_coins():
     assert [list(g) for g in batch.group_by_shape({"a": BASE, "b": dataclasses.replace(BASE, num_agents=4),
                                                    "c": dataclasses.replace(BASE, aggregator="median")})] == [
         ["a", "c"], ["b"]]
+
+
+@pytest.mark.parametrize("make", [frl.make_byzpg, frl.make_decbyzpg])
+@pytest.mark.parametrize("aggregator", ["rfa", "krum", "median"])
+def test_bucketing_into_one_bucket_is_refused(make, aggregator):
+    """``bucket_size >= K`` puts every agent's vector into one bucket: the rule would get their mean only."""
+    hparams = {"num_byzantine": 0} if aggregator == "krum" else {}
+    config = dataclasses.replace(BASE, aggregator=aggregator, aggregator_hparams=hparams)
+    for s in (3, 4):  # K = 3
+        with pytest.raises(ValueError, match="bucket_size"):
+            make(dataclasses.replace(config, bucket_size=s))
+    dataclasses.replace(config, bucket_size=2).validate()  # two buckets of three vectors
+    with pytest.raises(ValueError, match="bucket_size"):
+        dataclasses.replace(config, num_agents=1, bucket_size=2).validate()
+
+
+def test_coins_and_blocks_must_start_with_a_large_batch():
+    """PAGE needs ``c_0 = 1``: coins or ``Blocks`` whose first iteration is a small batch are refused."""
+    alg = frl.make_decbyzpg(BASE)
+    for coins in (np.array([False, True]), [False]):
+        with pytest.raises(ValueError, match="c_0"):
+            alg.init(jax.random.PRNGKey(0), coins)
+        with pytest.raises(ValueError, match="c_0"):
+            frl.block_schedule(coins, BASE)
+        with pytest.raises(ValueError, match="c_0"):
+            frl.iteration_schedule(coins, BASE)
+    good = frl.block_schedule(np.array([True, False]), BASE)
+    shifted = frl.Blocks(*(np.roll(a, -3) for a in good))  # the small block first
+    with pytest.raises(ValueError, match="c_0"):
+        alg.init(jax.random.PRNGKey(0), shifted)
+
+
+@pytest.mark.parametrize("make", [frl.make_byzpg, frl.make_decbyzpg])
+def test_blocks_made_for_another_n_or_b_or_for_whole_iterations_are_refused(make):
+    """A run on ``Blocks`` follows their ``count`` and ``last``: blocks cut for another ``N`` (or ``B``), or an
+    iteration schedule (``count = N`` in one block), would override the config's ``N``; every entry point
+    refuses them before tracing, and the config's own schedules (cut anywhere) pass."""
+    alg = make(BASE)
+    coins = np.array([True, False, True])
+    state = alg.init(jax.random.PRNGKey(0), coins)
+    for other, match in ((frl.block_schedule(coins, dataclasses.replace(BASE, large_batch=8)), "counts 8 episodes"),
+                         (frl.block_schedule(coins, dataclasses.replace(BASE, small_batch=1)), "blocks of up to 1"),
+                         (frl.iteration_schedule(coins, BASE), "made by iteration_schedule")):
+        with pytest.raises(ValueError, match=match):
+            alg.init(jax.random.PRNGKey(0), other)
+        with pytest.raises(ValueError, match=match):
+            alg.iterate(state, other)
+        with pytest.raises(ValueError, match=match):
+            alg.run(jax.random.PRNGKey(0), other)
+    own = frl.block_schedule(coins, BASE)
+    for cut in range(1, len(own.large) + 1):  # a schedule cut inside a large batch (sample_block_schedules) passes
+        alg.init(jax.random.PRNGKey(0), frl.Blocks(*(a[:cut] for a in own)))
+
+
+def test_variants_refuse_schedules_of_the_other_kind_of_steps():
+    """``steps="iterations"`` runs a whole iteration per entry: given block schedules it would repeat every
+    large-batch iteration once per block; ``steps="blocks"`` given iteration schedules would take ``N``
+    episodes' weight from ``B``. Both are refused by ``init`` and ``iterate`` (before tracing)."""
+    keys = jax.random.split(jax.random.PRNGKey(0), 2)
+    for steps in ("iterations", "blocks"):
+        variants = batch.make_variants({"a": BASE}, steps=steps)
+        own = frl.sample_block_schedules(jax.random.PRNGKey(1), BASE, 8, num_seeds=2,
+                                         whole_iterations=steps == "iterations")
+        other = frl.sample_block_schedules(jax.random.PRNGKey(1), BASE, 8, num_seeds=2,
+                                           whole_iterations=steps == "blocks")
+        states = jax.eval_shape(variants.init, keys, own)
+        with pytest.raises(ValueError, match="whole_iterations"):
+            variants.init(keys, other)
+        with pytest.raises(ValueError, match="whole_iterations"):
+            variants.iterate(states, other)
+        with pytest.raises(ValueError, match="large_batch"):
+            variants.init(keys, frl.sample_block_schedules(jax.random.PRNGKey(1), dataclasses.replace(
+                BASE, large_batch=8), 8, num_seeds=2, whole_iterations=steps == "iterations"))

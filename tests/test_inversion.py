@@ -270,6 +270,29 @@ def test_clip_and_privatize():
     assert not np.allclose(out[2, 0], out[2, 1] / 0.2)  # independent noise per cell
 
 
+@pytest.mark.parametrize("variance, max_norm, field", [
+    (-1e-3, jnp.inf, "variance"), (float("nan"), jnp.inf, "variance"), (jnp.inf, jnp.inf, "variance"),
+    ("0.1", jnp.inf, "variance"), (0.0, -1.0, "max_norm"), (0.0, float("nan"), "max_norm"),
+    (jnp.array([0.0, -1.0]), jnp.array([jnp.inf]), "variances"),
+    (jnp.array([0.0]), jnp.array([jnp.inf, jnp.nan]), "max_norms")])
+def test_privatize_and_sweep_refuse_negative_or_nan_settings(variance, max_norm, field):
+    """A negative max_norm used to flip the gradient, a negative or NaN variance to give NaN parameters."""
+    g, key = jnp.array([3.0, 4.0]), jax.random.PRNGKey(0)
+    with pytest.raises(ValueError, match=f"^{field} must be"):
+        if jnp.ndim(variance) or jnp.ndim(max_norm):
+            inv.sweep(key, g, variance, max_norm)
+        else:
+            inv.privatize(key, g, variance, max_norm)
+
+
+def test_privatize_checks_only_concrete_settings():
+    """Traced settings (a vmapped sweep) are checked where they were made; clipping at 0 zeroes the gradient."""
+    g = jnp.array([3.0, 4.0])
+    out = jax.jit(inv.privatize)(jax.random.PRNGKey(0), g, 0.0, 5.0)
+    np.testing.assert_allclose(out, g)
+    np.testing.assert_allclose(inv.privatize(jax.random.PRNGKey(0), g, 0, 0.0), [0.0, 0.0])
+
+
 def test_denoiser_reduces_noise_and_learned_distribution(digits):
     clean = digits.x_train[:300]
     den = inv.train_denoiser(jax.random.PRNGKey(0), clean, num_steps=150, batch_size=16, learning_rate=3e-3, features=(8, 16))

@@ -2,6 +2,7 @@
 against plain references, the environments' true steps, the attack itself, the victims' training, bad input."""
 
 import itertools
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -324,7 +325,7 @@ def test_bad_input_raises_value_error_naming_it(cartpole_target, cartpole_prior,
         attack(key, params, bad_tree, cartpole_prior)
     with pytest.raises(ValueError, match="g_bar does not match the victim network at"):
         attack(key, params, jax.tree.map(lambda x: x[..., :1], tree), cartpole_prior)
-    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+    with pytest.raises(ValueError, match=r"RGIAConfig\.batch_size must be an integer >= 1"):
         rgia.make_rgia(victim, rgia.RGIAConfig(batch_size=0))
     with pytest.raises(ValueError, match="fewer than the batch size 8"):
         rgia.make_rgia(victim, rgia.RGIAConfig(batch_size=8))(key, params, g_bar[0], cartpole_prior.replace(num_samples=4))
@@ -338,7 +339,7 @@ def test_bad_input_raises_value_error_naming_it(cartpole_target, cartpole_prior,
         attack(key, params, g_bar[0], cartpole_prior, {"state_mixture": 0.1, "reward": 1.0, "entropy": 1.0})
     with pytest.raises(ValueError, match="unknown RGIA environment"):
         rgia_envs.make_env("MountainCar-v0")
-    with pytest.raises(ValueError, match="victim kind"):
+    with pytest.raises(ValueError, match=r"Victim\.kind must be one of"):
         rgia.Victim("ppo", 4, 2).validate()
     for obs_dim, message in ((3, "prior states have shape"), (4, "loss_key")):
         td3_victim = rgia.Victim("td3", obs_dim, 2, hidden=(8,))
@@ -346,3 +347,131 @@ def test_bad_input_raises_value_error_naming_it(cartpole_target, cartpole_prior,
         with pytest.raises(ValueError, match=message):
             rgia.make_rgia(td3_victim, rgia.RGIAConfig(num_steps=5, num_restarts=1))(
                 key, p, jnp.zeros(ravel_pytree(p["online"])[0].shape), cartpole_prior)
+
+
+# ---------------------------------------------------------------- configs, per-call weights, prior data (issues 26, 31)
+
+BAD_RGIA_FIELDS = [("batch_size", 2.5), ("batch_size", 0), ("batch_size", True), ("num_steps", "3"),
+                   ("num_restarts", True), ("num_restarts", None), ("learning_rate", float("nan")),
+                   ("learning_rate", 0.0), ("learning_rate", "0.1"), ("learning_rate", True), ("distance", "l1"),
+                   ("distance", ["cosine"]), ("dynamics_target_only", 1), ("regularizers", None),
+                   ("regularizers", ["reward"]), ("regularizers", {"reward": float("nan")}),
+                   ("regularizers", {"reward": -1.0}), ("regularizers", {"reward": float("inf")}),
+                   ("regularizers", {"reward": "1"}), ("regularizers", {"reward": True}),
+                   ("regularizers", {"state_prior": 1.0})]
+
+
+@pytest.mark.parametrize("field, value", BAD_RGIA_FIELDS)
+def test_rgia_config_refuses_bad_fields_naming_them(field, value):
+    with pytest.raises(ValueError, match=rf"^RGIAConfig\.{field}\b"):
+        rgia.RGIAConfig(**{field: value}).validate()
+
+
+def test_rgia_config_accepts_what_the_benchmark_and_notebook_build():
+    configs = [rgia.RGIAConfig(), rgia.RGIAConfig(regularizers={}),
+               rgia.RGIAConfig(batch_size=np.int64(4), num_steps=150, learning_rate=1, num_restarts=4,
+                               distance="relative_l2", dynamics_target_only=False,
+                               regularizers={n: 0.0 for n in rgia.REGULARIZERS}),
+               rgia.RGIAConfig(regularizers={"reward": np.float32(1.0), "dynamics": 1})]
+    for config in configs:
+        config.validate()
+
+
+BAD_VICTIM_FIELDS = [("kind", "ppo"), ("kind", None), ("obs_dim", 4.0), ("obs_dim", 0), ("num_actions", True),
+                     ("hidden", ()), ("hidden", (8.5,)), ("hidden", 8), ("gamma", float("nan")), ("gamma", 1.5),
+                     ("gamma", "0.9"), ("double_q", "yes"), ("policy_noise", -0.1), ("noise_clip", float("nan"))]
+
+
+@pytest.mark.parametrize("field, value", BAD_VICTIM_FIELDS)
+def test_victim_refuses_bad_fields_naming_them(field, value):
+    with pytest.raises(ValueError, match=rf"^Victim\.{field}\b"):
+        rgia.Victim(**{"kind": "dqn", "obs_dim": 4, "num_actions": 2, field: value}).validate()
+
+
+@pytest.fixture(scope="module")
+def short_attack(cartpole_target):
+    victim = cartpole_target[0]
+    return rgia.make_rgia(victim, rgia.RGIAConfig(num_steps=5, num_restarts=1,
+                                                  regularizers={"reward": 1.0, "dynamics": 0.1}))
+
+
+@pytest.mark.parametrize("weight", [-1.0, float("nan"), float("inf"), "1", True, jnp.float32(-0.5),
+                                    jnp.array([1.0, 1.0])])
+def test_per_call_weights_are_checked_when_concrete(short_attack, cartpole_target, cartpole_prior, weight):
+    """Concrete per-call weights used to skip the config's check: a negative one rewards the regularizer."""
+    _, params, _, g_bar = cartpole_target
+    with pytest.raises(ValueError, match=r"^weights\['reward'\] must be"):
+        short_attack(jax.random.PRNGKey(0), params, g_bar[0], cartpole_prior, {"reward": weight, "dynamics": 0.1})
+
+
+def test_traced_per_call_weights_pass(short_attack, cartpole_target, cartpole_prior):
+    """A traced weight (GIA and the ablations in one vmapped call) cannot be read: it was checked where made."""
+    _, params, _, g_bar = cartpole_target
+    out = jax.eval_shape(lambda w: short_attack(jax.random.PRNGKey(0), params, g_bar[0], cartpole_prior,
+                                                {"reward": w, "dynamics": w}), jnp.float32(0.5))
+    assert out.loss.shape == ()
+
+
+@pytest.mark.parametrize("variance", [-1.0, float("nan")])
+def test_noisy_dqn_train_refuses_negative_or_nan_variance(cartpole, variance):
+    """They used to train to NaN parameters."""
+    config = dqn.DQNConfig(total_timesteps=64, num_envs=8, learning_starts=16, batch_size=8, train_frequency=8,
+                           target_network_frequency=32, hidden=(4,))
+    train = rgia_victims.make_noisy_dqn_train(config, cartpole)
+    with pytest.raises(ValueError, match="^variance must be"):
+        train(jax.random.PRNGKey(0), variance)
+
+
+BAD_PRIOR_DATA = [
+    (lambda d: d._replace(action=d.action.astype(jnp.float32)), {}, "discrete actions must be integers"),
+    (lambda d: d._replace(action=d.action.at[3].set(2)), {}, r"discrete actions must lie in \[0, 2\), got 2"),
+    (lambda d: d._replace(action=d.action.at[3].set(-1)), {}, r"discrete actions must lie in \[0, 2\), got -1"),
+    (lambda d: d._replace(reward=d.reward.at[0].set(jnp.inf)), {}, "rewards must be finite"),
+    (lambda d: d._replace(reward=d.reward.at[0].set(jnp.nan)), {}, "rewards must be finite"),
+    (lambda d: d, {"reward_range": (float("nan"), 1.0)}, "reward_range must be finite"),
+    (lambda d: d, {"reward_range": (0.0, float("inf"))}, "reward_range must be finite"),
+    (lambda d: d, {"discrete": False}, r"continuous actions must have shape \(10, 2\)"),
+    (lambda d: d._replace(action=jnp.full((10, 2), jnp.nan)), {"discrete": False}, "continuous actions must be finite"),
+    (lambda d: d, {"num_actions": 2.0}, "num_actions must be an integer >= 1"),
+    (lambda d: d, {"num_components": 21}, r"num_components=21 but the prior has only \d+ distinct states"),
+    (lambda d: d, {"num_components": True}, "num_components must be an integer >= 1"),
+    (lambda d: d, {"dynamics_steps": 2.5}, "dynamics_steps must be an integer >= 1"),
+    (lambda d: d, {"learning_rate": float("nan")}, "learning_rate must be a finite number > 0"),
+    (lambda d: d._replace(obs=d.obs.at[0, 0].set(jnp.nan)), {}, "prior states must be finite"),
+    (lambda d: d._replace(next_obs=d.next_obs[:9]), {}, "next_obs shape"),
+    (lambda d: d._replace(reward=d.reward[:9]), {}, r"prior rewards must be numbers of shape \(10,\)")]
+
+
+@pytest.mark.parametrize("change, kwargs, message", BAD_PRIOR_DATA)
+def test_fit_prior_refuses_bad_prior_data(cartpole_data, change, kwargs, message):
+    """Float or out-of-range discrete actions used to one-hot silently (to zeros), infinite rewards to make an
+    infinite reward range, and a mixture asked for more components than states got fewer."""
+    kwargs = {"discrete": True, "num_actions": 2, "dynamics_steps": 1, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        rgia_priors.fit_prior(jax.random.PRNGKey(0), change(one_batch(cartpole_data, 0, 10)), **kwargs)
+
+
+def test_fit_state_prior_refuses_more_components_than_distinct_states():
+    u = np.repeat(np.random.default_rng(0).normal(size=(2, 3)), 10, axis=0)  # sklearn used to warn and fit 4
+    with pytest.raises(ValueError, match="num_components=4 but the prior has only 2 distinct states"):
+        rgia_priors.fit_state_prior(u, 4)
+
+
+def test_fit_state_prior_warns_when_components_collapse(monkeypatch):
+    rng = np.random.default_rng(0)
+    two_clusters = np.concatenate([rng.normal(size=(50, 2)), rng.normal(size=(50, 2)) + 5.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rgia_priors.fit_state_prior(two_clusters, 2)  # a genuine mixture: no warning
+
+    class Collapsed(GaussianMixture):
+        """sklearn's EM can drain a component to ~0 weight and keep it (tight data, large ``reg_covar``)."""
+
+        def fit(self, X, y=None):
+            super().fit(X)
+            self.weights_ = np.array([1.0 - 1e-9, 1e-9])
+            return self
+
+    monkeypatch.setattr(rgia_priors, "GaussianMixture", Collapsed)
+    with pytest.warns(UserWarning, match=r"1 of the 2 mixture components hold less than 0.5 of the 100 samples"):
+        rgia_priors.fit_state_prior(two_clusters, 2)

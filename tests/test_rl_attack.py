@@ -252,6 +252,27 @@ def test_interleaved_run_equals_the_pure_run_and_honest_rounds_before_tau_e(toy_
     assert set(report.wall_s) >= {"distribution", "policy", "fl_rounds", "compile_s"}
 
 
+def test_modes_outside_the_run_are_refused(toy_attack):
+    """``lax.switch`` clamps: mode -1 would run mode 0 ("none", while ``modes[-1]`` labels it "rl") and mode 3 the
+    RL attack without its phases. Concrete modes outside ``[0, 3)`` or not integers are refused by ``schedule``,
+    ``block``, ``run`` and ``run_with_progress`` before anything is traced."""
+    rl = toy_attack
+    assert rl.modes == ("none", "ipm", "rl")
+    key = jax.random.PRNGKey(0)
+    for mode in (-1, 3, True, 1.0, np.int32(-1), jnp.int32(3)):
+        with pytest.raises(ValueError, match="mode"):
+            rl.schedule(0, mode)
+        with pytest.raises(ValueError, match="mode"):
+            rl.block(None, mode)
+        with pytest.raises(ValueError, match="mode"):
+            rl.run(key, mode)
+        with pytest.raises(ValueError, match="mode"):
+            ra.run_with_progress(rl, key[None], mode=mode, progress=False)
+    assert rl.schedule(0, np.int64(2)) == rl.schedule(0, rl.rl_mode)
+    _, row = jax.eval_shape(rl.block, jax.eval_shape(rl.init, key), jnp.int32(1))  # traced: unchecked
+    assert row.test_accuracy.shape == ()
+
+
 def test_variants_share_the_kit_and_rl0_learns_only_after_tau_e(toy_attack):
     rl0 = ra.make_rl_attack(FL, dataclasses.replace(TOY, distribution="unlabeled"), DIGITS, MODEL)
     assert rl0.kit is toy_attack.kit

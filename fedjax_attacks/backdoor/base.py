@@ -14,7 +14,9 @@ import dataclasses
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from fedjax_attacks import validation
 from fedjax_attacks.rl import env as env_lib
 
 
@@ -44,27 +46,35 @@ class BackdoorConfig:
     target_dim: int = 0
 
     def validate(self, spec: env_lib.EnvSpec | None = None) -> None:
-        """Raises ``ValueError`` naming the field: a budget outside ``(0, 1]``, a target outside the action space.
+        """Raises ``ValueError`` naming the field (``fedjax_attacks.validation``'s checks): ``budget`` and
+        ``asr_stop`` finite in ``(0, 1]``, ``reward`` finite ``> 0``, ``alpha`` finite ``>= 0`` (strings, bools and
+        NaN are refused), ``target`` an integer and ``target_dim`` an integer ``>= 0``; with ``spec``, a target
+        outside the action space.
 
-        Float fields are checked only when they are Python numbers (traced values pass through).
+        A float field that is a JAX array passes unchecked: a traced value, or the per-run settings
+        ``runs.make_comparison`` writes in (a budget of 0 for the attacks not chosen); ``runs.run_settings`` checks
+        the concrete values where the runs are made.
         """
-        if _is_number(self.budget) and not 0.0 < self.budget <= 1.0:
-            raise ValueError(f"budget (beta) must lie in (0, 1], got {self.budget}")
-        if _is_number(self.reward) and not self.reward > 0.0:
-            raise ValueError(f"reward (c) must be > 0, got {self.reward}")
-        if _is_number(self.alpha) and not self.alpha >= 0.0:
-            raise ValueError(f"alpha must be >= 0, got {self.alpha}")
-        if _is_number(self.asr_stop) and not 0.0 < self.asr_stop <= 1.0:
-            raise ValueError(f"asr_stop must lie in (0, 1], got {self.asr_stop}")
+        for field, high in (("budget", 1.0), ("alpha", float("inf")), ("asr_stop", 1.0)):
+            if not isinstance(getattr(self, field), jax.Array):
+                validation.check_in_range(self, field, 0.0, high, low_open=field != "alpha")
+        if not isinstance(self.reward, jax.Array):
+            validation.check_rate(self, "reward")
+        if isinstance(self.target, bool) or not isinstance(self.target, (int, np.integer)):
+            raise ValueError(f"BackdoorConfig.target must be an integer (an action index, or the sign +1 / -1), "
+                             f"got {self.target!r}")
+        validation.check_count(self, "target_dim", minimum=0)
         if spec is None:
             return
-        if spec.discrete and not (isinstance(self.target, int) and 0 <= self.target < spec.num_actions):
-            raise ValueError(f"target action {self.target!r} is outside the action space Discrete({spec.num_actions})")
+        if spec.discrete and not 0 <= self.target < spec.num_actions:
+            raise ValueError(f"BackdoorConfig.target: target action {self.target!r} is outside the action space "
+                             f"Discrete({spec.num_actions})")
         if not spec.discrete:
             if self.target not in (-1, 1):
-                raise ValueError(f"target must be the sign +1 or -1 of a continuous action, got {self.target!r}")
-            if not (isinstance(self.target_dim, int) and 0 <= self.target_dim < spec.num_actions):
-                raise ValueError(f"target_dim {self.target_dim!r} is outside the action dimensions "
+                raise ValueError(f"BackdoorConfig.target must be the sign +1 or -1 of a continuous action, got "
+                                 f"{self.target!r}")
+            if not self.target_dim < spec.num_actions:
+                raise ValueError(f"BackdoorConfig.target_dim {self.target_dim!r} is outside the action dimensions "
                                  f"[0, {spec.num_actions})")
 
 
@@ -86,7 +96,3 @@ def target_probability(config: BackdoorConfig, spec: env_lib.EnvSpec, dist) -> c
 def poisoned_reward(config: BackdoorConfig, spec: env_lib.EnvSpec, action: chex.Array) -> chex.Array:
     """The static poisoned reward of TrojDRL and BadRL (SleeperNets' before its ``alpha`` term): ``+c`` / ``-c``."""
     return jnp.where(is_target(config, spec, action), config.reward, -config.reward).astype(jnp.float32)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -27,10 +27,14 @@ def evaluate(key: chex.PRNGKey, apply_fn: Callable, params, env, env_params, tri
     The agent samples its actions from ``apply_fn(params, obs) -> (dist, value)`` on clean observations; every
     step until an episode's first end (or ``max_steps``) counts once in the ASR, the mean of
     ``pi(a+ | delta(s))`` over those states; ``return`` is the mean undiscounted episode return.
+
+    Raises ``ValueError`` before tracing for counts below 1 and for a ``config`` that ``BackdoorConfig.validate``
+    refuses on this environment (a target outside the action space).
     """
     if num_episodes < 1 or max_steps < 1:
         raise ValueError(f"num_episodes and max_steps must be >= 1, got {num_episodes}, {max_steps}")
     spec = env_lib.spec(env, env_params)
+    config.validate(spec)
     to_env_action = ((lambda a: a) if spec.discrete
                      else (lambda a: networks.scale_action(a, spec.action_low, spec.action_high)))
 

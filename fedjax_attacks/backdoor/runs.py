@@ -14,6 +14,7 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from tqdm.auto import tqdm
 
 from fedjax_attacks import runner
@@ -75,14 +76,41 @@ class RunSettings(NamedTuple):
 
 
 def run_settings(attacks: Sequence[str], rows: Sequence[tuple]) -> RunSettings:
-    """``RunSettings`` of ``rows`` ``(attack name, budget, reward, alpha)``, one per run."""
+    """``RunSettings`` of ``rows`` ``(attack name, budget, reward, alpha)``, one per run.
+
+    Raises ``ValueError`` naming the row and the field for an attack not in ``attacks``, a row without four
+    entries, no rows, or a concrete value ``BackdoorConfig.validate`` refuses (a budget outside ``(0, 1]``, a
+    reward not finite and ``> 0``, an alpha not finite and ``>= 0``, a string or a bool). Traced values pass
+    unchecked (they were checked where they were made).
+    """
     attacks = tuple(attacks)
+    rows = list(rows)
+    if not rows:
+        raise ValueError("run_settings needs at least one row (attack name, budget, reward, alpha)")
+    for i, row in enumerate(rows):
+        if len(row) != 4:
+            raise ValueError(f"run_settings: row {i} {row!r} must have 4 entries (attack name, budget, reward, "
+                             f"alpha)")
     unknown = [row[0] for row in rows if row[0] not in attacks]
     if unknown:
         raise ValueError(f"attacks {unknown} are not among {attacks}")
+    for i, (_, *values) in enumerate(rows):
+        fields = {name: _concrete(value) for name, value in zip(("budget", "reward", "alpha"), values)}
+        try:
+            base.BackdoorConfig(**fields).validate()
+        except ValueError as err:
+            raise ValueError(f"run_settings: row {i} {rows[i]!r}: {err}") from None
     which, budget, reward, alpha = zip(*rows)
     return RunSettings(jnp.array([attacks.index(a) for a in which]), jnp.array(budget, jnp.float32),
                        jnp.array(reward, jnp.float32), jnp.array(alpha, jnp.float32))
+
+
+def _concrete(value):
+    """A concrete 0-d array as its Python number (so that ``BackdoorConfig.validate`` checks it); tracers and
+    everything else unchanged."""
+    if isinstance(value, (jax.Array, np.ndarray)) and not isinstance(value, jax.core.Tracer) and value.ndim == 0:
+        return value.item()
+    return value
 
 
 def make_comparison(ppo_config: ppo.PPOConfig, env, env_params, config: base.BackdoorConfig, trigger: Callable,

@@ -15,8 +15,10 @@ from typing import Callable, Sequence
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 from gymnax.environments import spaces
 
+from fedjax_attacks import validation
 from fedjax_attacks.rl import wrappers
 
 CORNERS = ("top_left", "top_right", "bottom_left", "bottom_right")
@@ -42,7 +44,11 @@ class ImagePatch:
         return obs.at[..., row:row + self.size, col:col + self.size, :].set(patch)
 
     def validate(self, obs_shape: Sequence[int]) -> None:
-        """Raises ``ValueError`` unless ``obs_shape`` is an image ``(H, W, C)`` that holds the patch."""
+        """Raises ``ValueError`` naming the field unless ``obs_shape`` is an image ``(H, W, C)`` that holds the
+        patch, ``size`` is an integer and ``low`` and ``high`` are finite numbers."""
+        validation.check_count(self, "size")
+        for field in ("low", "high"):
+            _check_finite_numbers(f"ImagePatch.{field}", (getattr(self, field),))
         if len(obs_shape) != 3:
             raise ValueError(f"an image trigger (ImagePatch) needs image observations (H, W, C), got shape "
                              f"{tuple(obs_shape)}: use FeaturePattern or TriggerFeature for vector observations")
@@ -66,13 +72,15 @@ class FeaturePattern:
         return obs.at[..., jnp.asarray(self.indices)].set(jnp.asarray(self.values, obs.dtype))
 
     def validate(self, obs_shape: Sequence[int]) -> None:
-        """Raises ``ValueError`` unless ``obs_shape`` is a vector with every index in range."""
+        """Raises ``ValueError`` unless ``obs_shape`` is a vector with every index in range and every value a
+        finite number."""
         if len(obs_shape) != 1:
             raise ValueError(f"a feature trigger (FeaturePattern) needs vector observations (D,), got shape "
                              f"{tuple(obs_shape)}: use ImagePatch for images")
         if len(self.indices) != len(self.values) or not self.indices:
             raise ValueError(f"FeaturePattern needs as many values as indices (at least one), got "
                              f"{len(self.indices)} indices and {len(self.values)} values")
+        _check_finite_numbers("FeaturePattern.values", self.values)
         bad = [i for i in self.indices if not -obs_shape[0] <= i < obs_shape[0]]
         if bad:
             raise ValueError(f"FeaturePattern indices {bad} are outside observations of size {obs_shape[0]}")
@@ -128,6 +136,14 @@ def check(trigger: Callable[[chex.Array], chex.Array], obs_shape: Sequence[int])
         if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != shape or out.dtype != obs.dtype:
             got = (out.shape, out.dtype) if isinstance(out, jax.ShapeDtypeStruct) else type(out)
             raise ValueError(f"trigger output {got} differs from the observation {(shape, obs.dtype)}")
+
+
+def _check_finite_numbers(name: str, values) -> None:
+    """``ValueError`` naming ``name`` unless every entry of ``values`` is a finite number (not a bool or string)."""
+    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating))
+           or not np.isfinite(v)]
+    if bad:
+        raise ValueError(f"{name} must be finite numbers, got {bad!r}")
 
 
 def _append_zero(obs: chex.Array) -> chex.Array:

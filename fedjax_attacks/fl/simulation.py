@@ -19,6 +19,7 @@ from fedjax_attacks.data import Dataset, Partition, partition
 from fedjax_attacks.fl.config import FLConfig
 from fedjax_attacks.models import FlatModel, accuracy, cross_entropy
 from fedjax_attacks.runner import run_chunked, scan_steps
+from fedjax_attacks.validation import check_index
 
 
 @struct.dataclass
@@ -306,7 +307,8 @@ def make_run(config: FLConfig, dataset: Dataset, model: FlatModel,
 
 def make_attack_sweep(config: FLConfig, dataset: Dataset, model: FlatModel, members,
                       mesh: Optional[jax.sharding.Mesh] = None) -> Callable:
-    """``sweep(keys, attack_index) -> History``, jitted: one compilation serves every attack in ``members``.
+    """``sweep(keys, attack_index) -> History``, jitted (``sweep.lower(keys, attack_index)`` lowers it, as a jitted
+    function's ``lower``): one compilation serves every attack in ``members``.
 
     ``members`` is a sequence of ``(attack_name, hparams)``; the run uses ``attacks.switch`` on
     ``FLParams.attack_index``. ``config.attack`` is ignored; seeds (``keys`` of shape [S]) are vmapped. A scalar
@@ -315,6 +317,11 @@ def make_attack_sweep(config: FLConfig, dataset: Dataset, model: FlatModel, memb
     for every member, as ``lax.switch`` does under ``vmap``). With ``mesh``, the S seeds are split over its
     ``"seeds"`` axis (which must divide S) and, where the mesh also has a ``"clients"`` axis, each round's clients
     over that one. Validation happens here, before tracing.
+
+    A concrete ``attack_index`` (a Python or numpy integer, or an integer array) outside ``[0, len(members))``, or
+    one that is not an integer (a bool, float or string), raises ``ValueError`` before the call is traced. A traced
+    index (``sweep`` called inside ``jit``, ``vmap`` or ``eval_shape``) cannot be checked and is clamped into range
+    by ``lax.switch``.
     """
     members = tuple((name, dict(hparams)) for name, hparams in members)
     config = dataclasses.replace(config, attack="switch", attack_hparams={"members": members, "index": 0})
@@ -336,7 +343,19 @@ def make_attack_sweep(config: FLConfig, dataset: Dataset, model: FlatModel, memb
                                 server_lr=jnp.broadcast_to(params.server_lr, index.shape))
         return jax.vmap(over_seeds, (None, 0))(keys, params)
 
-    return jax.jit(sweep)
+    jitted = jax.jit(sweep)
+
+    def checked(keys, attack_index):
+        check_index(attack_index, len(members), "attack_index (an index into the sweep's members)")
+        return jitted(keys, attack_index)
+
+    def lower(keys, attack_index):
+        """The jitted sweep lowered at these arguments (``.compile()`` it), after the same index check."""
+        check_index(attack_index, len(members), "attack_index (an index into the sweep's members)")
+        return jitted.lower(keys, attack_index)
+
+    checked.lower = lower
+    return checked
 
 
 def run_with_progress(sim: Simulation, keys: jax.Array, chunk_blocks: Optional[int] = None, desc: str = "FL rounds",
@@ -345,11 +364,13 @@ def run_with_progress(sim: Simulation, keys: jax.Array, chunk_blocks: Optional[i
 
     The shared chunked runner (``fedjax_attacks.runner.run_chunked``) runs chunks of ``chunk_blocks`` evaluation
     blocks (default: about 20 chunks); ``runner_options`` (``checkpoint_dir``, ``checkpoint_every``, ``on_chunk``)
-    go to it, so a long run saves its state and resumes. Returns ``(final_params f32[S, d], History with leading
-    axis S)``, identical to ``jax.vmap(sim.run)(keys)``.
+    go to it, so a long run saves its state and resumes (a checkpoint of another ``FLConfig`` or ``params`` is
+    refused). Returns ``(final_params f32[S, d], History with leading axis S)``, identical to
+    ``jax.vmap(sim.run)(keys)``.
     """
     state, history = run_chunked(sim.init, lambda s: sim.step(s, params), sim.num_blocks, keys, chunk=chunk_blocks,
-                                 desc=desc, unit="round", unit_scale=sim.config.eval_every, **runner_options)
+                                 desc=desc, unit="round", unit_scale=sim.config.eval_every,
+                                 config={"FLConfig": sim.config, "FLParams": params}, **runner_options)
     return state.params, history
 
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from fedjax_attacks import aggregators, attacks, sharding
-from fedjax_attacks.frl.config import Blocks, ByzPGConfig, blocks_per_large_batch, check_switches
+from fedjax_attacks.frl.config import Blocks, ByzPGConfig, blocks_per_large_batch, check_blocks, check_switches
 from fedjax_attacks.rl import env as rl_env
 from fedjax_attacks.rl import policy_gradient as pg
 
@@ -99,9 +99,13 @@ def make_env_and_policy(config: ByzPGConfig, env=None, env_params=None):
     return env, env_params, policy
 
 
-def as_schedule(switches):
-    """``switches`` as arrays for the ``State``: coins (checked, ``config.check_switches``) or ``Blocks``."""
+def as_schedule(switches, config: ByzPGConfig | None = None):
+    """``switches`` as arrays for the ``State``: coins (checked, ``config.check_switches``) or ``Blocks`` (checked
+    against ``config`` when given, ``config.check_blocks``, for stepping by blocks). Traced schedules pass
+    unchecked."""
     if isinstance(switches, Blocks):
+        if config is not None:
+            check_blocks(switches, config)
         dtypes = Blocks(jnp.bool_, jnp.int32, jnp.int32, jnp.bool_)
         return Blocks(*(jnp.asarray(a, d) for a, d in zip(switches, dtypes)))
     return jnp.asarray(check_switches(switches), bool)

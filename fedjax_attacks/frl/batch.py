@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from fedjax_attacks import sharding
 from fedjax_attacks.frl import base
 from fedjax_attacks.frl.byzpg import make_byzpg
-from fedjax_attacks.frl.config import Blocks, ByzPGConfig, blocks_per_large_batch
+from fedjax_attacks.frl.config import Blocks, ByzPGConfig, blocks_per_large_batch, check_blocks
 from fedjax_attacks.frl.decbyzpg import make_decbyzpg
 
 # The fields that fix the shapes of the sampling step; variants may differ in every other field.
@@ -84,7 +84,11 @@ def make_variants(configs: Dict[str, ByzPGConfig], algorithm: str = "dec", env=N
 
     Raises:
       ValueError: an unknown algorithm or steps, configurations of different shapes, a mesh axis that does not
-        divide, or ``"iterations"`` with both a seeds and an agents axis.
+        divide, or ``"iterations"`` with both a seeds and an agents axis; from ``init`` and ``iterate``, concrete
+        schedules that ``config.check_blocks`` refuses for these steps (block schedules for ``"iterations"``,
+        which would repeat every large-batch iteration once per block, iteration schedules for ``"blocks"``,
+        schedules made for another ``N`` or ``B``, a first iteration that is not a large batch). Schedules traced
+        by an outer ``jit`` pass unchecked: ``check_blocks`` them first.
     """
     if algorithm not in ("dec", "byz"):
         raise ValueError(f"algorithm must be 'dec' (DecByzPG) or 'byz' (ByzPG), got {algorithm!r}")
@@ -187,4 +191,17 @@ def make_variants(configs: Dict[str, ByzPGConfig], algorithm: str = "dec", env=N
         seeds = jax.tree_util.tree_leaves(states)[0].shape[0]
         return jax.vmap(lambda k, s: greedy_one(k, s, num_episodes))(jax.random.split(key, seeds), states).T
 
-    return Variants(tuple(configs), algorithms, over_seeds(init_one), over_seeds(iterate_one), greedy, steps)
+    def checked(fn):
+        """``fn(keys_or_states, schedules)`` after ``check_blocks`` of concrete schedules for ``steps`` (traced
+        ones pass: under an outer ``jit`` nothing is checked, so check the schedules before jitting)."""
+        def run(keys_or_states, schedules):
+            if not isinstance(schedules, Blocks):
+                raise ValueError(f"Variants take Blocks schedules (sample_block_schedules), got "
+                                 f"{type(schedules).__name__}")
+            check_blocks(schedules, first, whole_iterations=steps == "iterations")
+            return fn(keys_or_states, schedules)
+
+        return run
+
+    return Variants(tuple(configs), algorithms, checked(over_seeds(init_one)), checked(over_seeds(iterate_one)),
+                    greedy, steps)

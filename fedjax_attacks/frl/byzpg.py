@@ -53,7 +53,7 @@ def make_byzpg(config: ByzPGConfig, env=None, env_params=None, *, mesh=None) -> 
         theta = policy.init(k_theta)
         zero = jnp.zeros((), jnp.int32)
         return State(theta, theta, jnp.zeros_like(theta), optimizer.init(theta), aggregator.init(theta.shape[0]),
-                     base.as_schedule(switches), zero, zero, key, jnp.zeros((K, theta.size)), jnp.zeros((K,)))
+                     base.as_schedule(switches, config), zero, zero, key, jnp.zeros((K, theta.size)), jnp.zeros((K,)))
 
     def iteration_keys(state):  # next key, k_byz, k_sample, k_msg, k_agg: shared by the blocks
         return jax.random.split(state.key, 5)
@@ -143,8 +143,8 @@ def make_byzpg(config: ByzPGConfig, env=None, env_params=None, *, mesh=None) -> 
 
     def iterate(state, switches):
         if isinstance(switches, Blocks):
-            return jax.lax.scan(block_step, state, base.as_schedule(switches))
-        return jax.lax.scan(iteration_step, state, base.as_schedule(switches))
+            return jax.lax.scan(block_step, state, base.as_schedule(switches, config))
+        return jax.lax.scan(iteration_step, state, base.as_schedule(switches, config))
 
     def run(key, switches):
         return iterate(init(key, switches), switches)

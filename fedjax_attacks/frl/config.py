@@ -44,7 +44,8 @@ class ByzPGConfig:
       aggregator, aggregator_hparams: a name in ``fedjax_attacks.aggregators`` and its hyperparameters (a mapping);
         ``"mean"`` gives the plain-averaging baselines Fed-/Dec-PAGE-PG. Stateful rules keep their state per
         aggregating party. FLTrust needs server data, which FRL has not.
-      bucket_size: ``s`` of bucketing (Karimireddy et al., 2022) around the aggregator; 1 = no bucketing.
+      bucket_size: ``s`` of bucketing (Karimireddy et al., 2022) around the aggregator; 1 = no bucketing, else
+        ``s < K`` (one bucket of all ``K`` vectors would make any rule the mean).
       large_batch, small_batch, switch_prob: ``N``, ``B``, ``p``.
       learning_rate, gamma, horizon: Adam step size ``eta``, discount ``gamma``, trajectory horizon ``H``.
       importance_weights: PAGE-PG's ``g_B^w`` estimator, ``"trajectory"`` or ``"per_step"``
@@ -90,6 +91,10 @@ class ByzPGConfig:
         for field in ("num_agents", "large_batch", "small_batch", "horizon", "bucket_size"):
             validation.check_count(self, field)
         validation.check_count(self, "num_byzantine", minimum=0)
+        if self.bucket_size > 1 and self.bucket_size >= self.num_agents:
+            raise ValueError(f"{name}.bucket_size={self.bucket_size} >= num_agents={self.num_agents} puts the K "
+                             f"vectors an aggregator receives into one bucket, so any rule returns their mean; use "
+                             f"bucket_size < K (or 1: no bucketing)")
         if not self.num_byzantine < self.num_agents:
             raise ValueError(f"{name}: need 0 <= num_byzantine < num_agents, got f={self.num_byzantine}, "
                              f"K={self.num_agents}")
@@ -167,8 +172,9 @@ def _check_int(name: str, value, minimum: int = 1) -> int:
 
 
 def check_switches(switches) -> np.ndarray:
-    """The coins ``c_t`` as a non-empty bool[T] array; ``ValueError`` for an empty sequence or non-bool values
-    (floats such as ``0.3`` are refused rather than read as ``True``). Traced coins pass unchecked."""
+    """The coins ``c_t`` as a non-empty bool[T] array starting with ``c_0 = 1`` (PAGE's first iteration is a large
+    batch: there is no ``v_{-1}`` to correct); ``ValueError`` for an empty sequence, non-bool values (floats such as
+    ``0.3`` are refused rather than read as ``True``) or ``c_0 = 0``. Traced coins pass unchecked."""
     if isinstance(switches, jax.core.Tracer):
         return switches
     array = np.asarray(switches)
@@ -176,6 +182,8 @@ def check_switches(switches) -> np.ndarray:
         raise ValueError(f"switches must be a non-empty 1-d sequence of coins, got shape {array.shape}")
     if array.dtype != np.bool_:
         raise ValueError(f"switches must be booleans (the coins c_t), got dtype {array.dtype}")
+    if not array[0]:
+        raise ValueError("switches must start with c_0 = True: PAGE's first iteration is a large batch")
     return array
 
 
@@ -247,6 +255,51 @@ def iteration_schedule(switches, config: ByzPGConfig) -> Blocks:
     coins = check_switches(switches)
     count = np.where(coins, config.large_batch, config.small_batch).astype(np.int32)
     return Blocks(coins, np.zeros(coins.shape, np.int32), count, np.ones(coins.shape, bool))
+
+
+def check_blocks(blocks: Blocks, config: ByzPGConfig, whole_iterations: bool = False) -> Blocks:
+    """``ValueError`` unless concrete ``blocks`` ([M], or [S, M] for S seeds) are, for every seed, what
+    ``block_schedule`` (with ``whole_iterations``: ``iteration_schedule``) makes of their own coins for
+    ``config``'s ``N`` and ``B``, possibly cut at the end (as ``sample_block_schedules`` cuts), starting with
+    ``c_0 = 1``. A run follows the blocks' ``count`` and ``last``, so blocks made for another ``N`` or ``B``, or
+    for the other kind of steps, would silently override the config. Traced blocks (inside ``jit`` or ``vmap``)
+    pass unchecked. Returns ``blocks``."""
+    if any(isinstance(a, jax.core.Tracer) for a in blocks):
+        return blocks
+    arrays = [np.asarray(a) for a in blocks]
+    if len({a.shape for a in arrays}) != 1 or arrays[0].ndim not in (1, 2) or arrays[0].shape[-1] == 0:
+        raise ValueError(f"Blocks arrays must share one shape [M] or [S, M] with M >= 1, got "
+                         f"{[a.shape for a in arrays]}")
+    make, other = (iteration_schedule, block_schedule) if whole_iterations else (block_schedule, iteration_schedule)
+    length = arrays[0].shape[-1]
+    for seed, row in enumerate(zip(*(a.reshape(-1, length) for a in arrays))):
+        large, index, count, last = row
+        if not large[0] or index[0] != 0:
+            raise ValueError(f"Blocks (seed {seed}) must start with c_0 = True: PAGE's first iteration is a large "
+                             f"batch")
+        coins = large[index == 0].astype(bool)
+        if _follows(row, make(coins, config)):
+            continue
+        if _follows(row, other(coins, config)):
+            raise ValueError(f"Blocks (seed {seed}) were made by {other.__name__} (sample_block_schedules(..., "
+                             f"whole_iterations={not whole_iterations})), not {make.__name__}: " + (
+                                 "stepping by whole iterations would repeat each large-batch iteration once per "
+                                 "block" if whole_iterations else "stepping by blocks would count only B of a "
+                                 "large-batch iteration's N episodes"))
+        first = count[:int(np.argmax(last)) + 1] if last.any() else count
+        raise ValueError(f"Blocks (seed {seed}) do not follow {make.__name__} of their coins for "
+                         f"{type(config).__name__}(large_batch={config.large_batch}, "
+                         f"small_batch={config.small_batch}): their first iteration counts {int(first.sum())} "
+                         f"episodes in blocks of up to {int(count.max())}; blocks made for another large_batch N or "
+                         f"small_batch B would override the config's")
+    return blocks
+
+
+def _follows(row, schedule: Blocks) -> bool:
+    """Whether the arrays ``row`` (one seed's blocks) are ``schedule``, possibly cut at the end."""
+    length = len(row[0])
+    return len(schedule.large) >= length and all(np.array_equal(got, want[:length]) for got, want in
+                                                  zip(row, schedule))
 
 
 def sample_block_schedules(key, config: ByzPGConfig, max_trajectories: int, num_seeds: int,

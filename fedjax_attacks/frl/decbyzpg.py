@@ -65,7 +65,7 @@ def make_decbyzpg(config: DecByzPGConfig, env=None, env_params=None, *, mesh=Non
         agg_states = jax.vmap(lambda _: aggregator.init(d))(jnp.arange(K))
         zero = jnp.zeros((), jnp.int32)
         return State(theta, theta, jnp.zeros_like(theta), jax.vmap(optimizer.init)(theta), agg_states,
-                     base.as_schedule(switches), zero, zero, key, jnp.zeros_like(theta), jnp.zeros((K,)))
+                     base.as_schedule(switches, config), zero, zero, key, jnp.zeros_like(theta), jnp.zeros((K,)))
 
     def iteration_keys(state):  # next key, k_byz, k_sample, k_msg, k_agg, k_agree: shared by the blocks
         return jax.random.split(state.key, 6)
@@ -161,8 +161,8 @@ def make_decbyzpg(config: DecByzPGConfig, env=None, env_params=None, *, mesh=Non
 
     def iterate(state, switches):
         if isinstance(switches, Blocks):
-            return jax.lax.scan(block_step, state, base.as_schedule(switches))
-        return jax.lax.scan(iteration_step, state, base.as_schedule(switches))
+            return jax.lax.scan(block_step, state, base.as_schedule(switches, config))
+        return jax.lax.scan(iteration_step, state, base.as_schedule(switches, config))
 
     def run(key, switches):
         return iterate(init(key, switches), switches)

@@ -34,6 +34,7 @@ from typing import Any, Callable, Mapping, Sequence
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
@@ -42,6 +43,7 @@ from fedjax_attacks.inversion.optimize import make_minimizer, make_multistart, s
 from fedjax_attacks.inversion.rgia_priors import Prior
 from fedjax_attacks.rl import dqn, networks, td3
 from fedjax_attacks.rl.replay import Transition
+from fedjax_attacks.validation import check_choice, check_count, check_flag, check_in_range, check_layers, check_rate
 
 VICTIM_KINDS = ("dqn", "td3")
 REGULARIZERS = ("state_gaussian", "state_mixture", "reward", "dynamics")
@@ -73,16 +75,17 @@ class Victim:
     noise_clip: float = 0.5
 
     def validate(self) -> None:
-        """Raises ``ValueError`` naming the bad field."""
-        if self.kind not in VICTIM_KINDS:
-            raise ValueError(f"victim kind must be one of {VICTIM_KINDS}, got {self.kind!r}")
+        """Raises ``ValueError`` naming the bad field (``Victim.<field>``): ``kind`` in ``VICTIM_KINDS``, integer
+        ``obs_dim`` and ``num_actions >= 1``, integer ``hidden`` widths, ``gamma`` in ``[0, 1]``, a bool
+        ``double_q``, finite ``policy_noise`` and ``noise_clip >= 0`` (tracers pass, as in ``validation``)."""
+        check_choice(self, "kind", VICTIM_KINDS)
         for name in ("obs_dim", "num_actions"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.hidden or min(self.hidden) < 1:
-            raise ValueError(f"hidden must be non-empty positive widths, got {self.hidden}")
-        if not 0.0 <= self.gamma <= 1.0:
-            raise ValueError(f"gamma must lie in [0, 1], got {self.gamma}")
+            check_count(self, name)
+        check_layers(self)
+        check_in_range(self, "gamma", 0.0, 1.0)
+        check_flag(self, "double_q")
+        for name in ("policy_noise", "noise_clip"):
+            check_in_range(self, name, 0.0)
 
     @property
     def discrete(self) -> bool:
@@ -175,24 +178,33 @@ class RGIAConfig:
     regularizers: Mapping[str, float] = dataclasses.field(default_factory=lambda: dict(RGIA_WEIGHTS))
 
     def validate(self) -> None:
-        """Raises ``ValueError`` naming the bad field or regularizer."""
+        """Raises ``ValueError`` naming the bad field (``RGIAConfig.<field>``): integer counts ``>= 1`` (not bools
+        or floats), a finite ``learning_rate > 0``, ``distance`` in ``DISTANCES``, a bool ``dynamics_target_only``
+        and ``regularizers`` a mapping of names in ``REGULARIZERS`` to finite weights ``>= 0``."""
         for name in ("batch_size", "num_steps", "num_restarts"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if self.distance not in DISTANCES:
-            raise ValueError(f"distance must be one of {sorted(DISTANCES)}, got {self.distance!r}")
-        _check_regularizer_names(self.regularizers)
-        for name, w in self.regularizers.items():
-            if w < 0:
-                raise ValueError(f"regularizer weight {name!r} must be >= 0, got {w}")
+            check_count(self, name)
+        check_rate(self, "learning_rate")
+        check_choice(self, "distance", sorted(DISTANCES))
+        check_flag(self, "dynamics_target_only")
+        _check_weights("RGIAConfig.regularizers", self.regularizers)
 
 
-def _check_regularizer_names(names) -> None:
-    unknown = sorted(set(names) - set(REGULARIZERS))
+def _check_weights(label: str, weights: Mapping[str, Any]) -> None:
+    """``ValueError`` unless ``weights`` is a mapping of names in ``REGULARIZERS`` to finite scalar weights
+    ``>= 0`` (not bools or strings). A traced weight passes unread: one vmapped call sets each problem's weights,
+    which were checked where they were made."""
+    if not isinstance(weights, Mapping):
+        raise ValueError(f"{label} must be a mapping {{name: weight}}, got {weights!r}")
+    unknown = sorted(set(weights) - set(REGULARIZERS))
     if unknown:
-        raise ValueError(f"unknown regularizer name(s) {unknown}: choose from {REGULARIZERS}")
+        raise ValueError(f"{label}: unknown regularizer name(s) {unknown}: choose from {REGULARIZERS}")
+    for name, w in weights.items():
+        if isinstance(w, jax.core.Tracer):
+            continue
+        value = np.asarray(w)[()] if isinstance(w, (jax.Array, np.ndarray)) else w  # 0-d arrays as scalars
+        number = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+        if not number or not (np.isfinite(value) and value >= 0):
+            raise ValueError(f"{label}[{name!r}] must be a finite number >= 0, got {w!r}")
 
 
 @flax.struct.dataclass
@@ -213,12 +225,14 @@ def make_rgia(victim: Victim, config: RGIAConfig) -> Callable[..., RGIAResult]:
 
     ``params``: the victim's parameters (``Victim.init`` layout); ``g_bar``: the shared gradient, a pytree like
     ``params["online"]`` (or a flat ``f32[d]``); ``prior``: the attacker's ``rgia_priors.Prior``; ``weights``:
-    ``{name: weight}`` for exactly the regularizers of ``config`` (traced; default the config's);
-    ``loss_key``: the TD3 victim's target-noise key.
+    ``{name: weight}`` for exactly the regularizers of ``config`` (scalars, may be traced; default the
+    config's); ``loss_key``: the TD3 victim's target-noise key.
 
     Raises (before tracing):
       ValueError: on a bad config, a gradient or parameters whose tree does not match the victim network, a
-        prior with fewer samples than the batch, ``reward_low > reward_high``, or unknown weight names.
+        prior with fewer samples than the batch, ``reward_low > reward_high``, unknown or missing weight names,
+        or a concrete weight that is not a finite number ``>= 0`` (a traced weight, e.g. under ``jax.vmap``,
+        cannot be read and passes: check the weights where they are made).
     """
     victim.validate()
     config.validate()
@@ -287,7 +301,7 @@ def make_rgia(victim: Victim, config: RGIAConfig) -> Callable[..., RGIAResult]:
             raise ValueError(f"prior reward range low > high: ({float(prior.reward_low)}, {float(prior.reward_high)})")
         if weights is None:
             weights = {n: config.regularizers[n] for n in names}
-        _check_regularizer_names(weights)
+        _check_weights("weights", weights)
         if set(weights) != set(names):
             raise ValueError(f"weights must name exactly the config's regularizers {names}, got {sorted(weights)}")
         if not victim.discrete:

@@ -11,6 +11,7 @@ States are compared in standardized units ``u = (s - mean) / scale``, ``scale = 
 of the prior states, so every term is an average over components whatever the environment's units.
 """
 
+import warnings
 from typing import Sequence
 
 import flax.linen as nn
@@ -26,6 +27,7 @@ from fedjax_attacks.rl.replay import Transition
 DEFAULT_PRIOR_FRACTION = 0.003
 FULL_COVARIANCE_MAX_DIM = 64
 SCALE_FLOOR = 1e-2
+EMPTY_COMPONENT_SAMPLES = 0.5  # a mixture component with less total responsibility than this is reported empty
 
 
 @flax.struct.dataclass
@@ -59,16 +61,28 @@ def fit_state_prior(u: np.ndarray, num_components: int, covariance_type: str = "
     """Fits ``StatePrior`` to standardized states ``u: f32[N, D]`` with scikit-learn's ``GaussianMixture``
     (host code, before any tracing). ``covariance_type``: ``"full"``, ``"diag"`` or ``"auto"`` (full up to
     ``FULL_COVARIANCE_MAX_DIM`` components, diagonal above, e.g. Pong's images); ``reg_covar`` is added to the
-    variances."""
+    variances.
+
+    Raises ``ValueError`` when ``num_components`` is not an integer ``>= 1`` or exceeds the number of distinct
+    states (such a mixture cannot be fitted: scikit-learn would leave the extra components empty); warns
+    (``UserWarning``) when EM leaves components with less than ``EMPTY_COMPONENT_SAMPLES`` samples' weight."""
     if covariance_type not in ("auto", "full", "diag"):
         raise ValueError(f"covariance_type must be 'auto', 'full' or 'diag', got {covariance_type!r}")
+    _check_count("num_components", num_components)
     u = np.asarray(u, np.float64)
-    if num_components < 1 or num_components > u.shape[0]:
-        raise ValueError(f"num_components must lie in [1, {u.shape[0]}] (prior states), got {num_components}")
+    distinct = np.unique(u, axis=0).shape[0]
+    if num_components > distinct:
+        raise ValueError(f"num_components={num_components} but the prior has only {distinct} distinct states "
+                         f"(of {u.shape[0]}): that many components cannot be fitted, ask for at most {distinct}")
     if covariance_type == "auto":
         covariance_type = "full" if u.shape[1] <= FULL_COVARIANCE_MAX_DIM else "diag"
     gm = GaussianMixture(num_components, covariance_type=covariance_type, reg_covar=reg_covar,
                          random_state=seed).fit(u)
+    empty = int(np.sum(gm.weights_ * u.shape[0] < EMPTY_COMPONENT_SAMPLES))
+    if empty:
+        warnings.warn(f"{empty} of the {num_components} mixture components hold less than "
+                      f"{EMPTY_COMPONENT_SAMPLES} of the {u.shape[0]} samples (weights {np.round(gm.weights_, 4)}): "
+                      f"the fitted mixture effectively has {num_components - empty}", stacklevel=2)
     return StatePrior(means=jnp.asarray(gm.means_, jnp.float32),
                       prec_chol=jnp.asarray(gm.precisions_cholesky_, jnp.float32),
                       log_weights=jnp.asarray(np.log(gm.weights_), jnp.float32))
@@ -155,21 +169,44 @@ def fit_prior(key: jax.Array, prior_data: Transition, *, discrete: bool, num_act
     error. Host code (scikit-learn) plus one jitted training loop; call it before the attack.
 
     Raises:
-      ValueError: on fewer than 2 prior transitions, ``low > high``, or bad mixture settings.
+      ValueError: on fewer than 2 prior transitions; non-finite states, rewards or continuous actions; discrete
+        actions that are not integers in ``[0, num_actions)``, continuous ones not ``f32[N, num_actions]``; a
+        non-finite ``reward_range`` or ``low > high``; ``dynamics_steps`` not an integer ``>= 1`` or
+        ``learning_rate`` not a finite number ``> 0``; or bad mixture settings, among them more components than
+        distinct prior states (``fit_state_prior``).
     """
     s, s_next = np.asarray(prior_data.obs, np.float32), np.asarray(prior_data.next_obs, np.float32)
-    if s.ndim != 2 or s.shape[0] < 2:
-        raise ValueError(f"prior_data needs at least 2 transitions of flat states, got obs shape {s.shape}")
+    if s.ndim != 2 or s.shape[0] < 2 or s_next.shape != s.shape:
+        raise ValueError(f"prior_data needs at least 2 transitions of flat states, got obs shape {s.shape} and "
+                         f"next_obs shape {s_next.shape}")
+    if not (np.isfinite(s).all() and np.isfinite(s_next).all()):
+        raise ValueError("prior_data.obs and prior_data.next_obs: prior states must be finite")
+    for name, value in (("num_actions", num_actions), ("num_components", num_components),
+                        ("dynamics_steps", dynamics_steps)):
+        _check_count(name, value)
+    if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float, np.integer, np.floating)) or not (
+            np.isfinite(learning_rate) and learning_rate > 0):
+        raise ValueError(f"learning_rate must be a finite number > 0, got {learning_rate!r}")
+    _check_actions(np.asarray(prior_data.action), discrete, num_actions, s.shape[0])
+    rewards = np.asarray(prior_data.reward)
+    if rewards.shape != (s.shape[0],) or rewards.dtype.kind not in "iuf":
+        raise ValueError(f"prior_data.reward: prior rewards must be numbers of shape ({s.shape[0]},), got "
+                         f"{rewards.dtype}{list(rewards.shape)}")
+    if not np.isfinite(rewards).all():
+        raise ValueError(f"prior_data.reward: prior rewards must be finite, got {int(np.sum(~np.isfinite(rewards)))}"
+                         f" non-finite of {rewards.size}")
     if reward_range is None:
-        reward_range = (float(np.min(prior_data.reward)), float(np.max(prior_data.reward)))
+        reward_range = (float(np.min(rewards)), float(np.max(rewards)))
     low, high = (float(v) for v in reward_range)
+    if not (np.isfinite(low) and np.isfinite(high)):
+        raise ValueError(f"reward_range must be finite, got ({low}, {high})")
     if low > high:
         raise ValueError(f"reward_range low > high: ({low}, {high})")
     states = np.concatenate([s, s_next])
     mean, scale = states.mean(0), np.maximum(states.std(0), SCALE_FLOOR)
     u = (states - mean) / scale
     gaussian = fit_state_prior(u, 1, covariance_type, reg_covar)
-    mixture = fit_state_prior(u, min(num_components, u.shape[0]), covariance_type, reg_covar)
+    mixture = fit_state_prior(u, num_components, covariance_type, reg_covar)
     model = TransitionModel(tuple(hidden))
     actions = action_vector(jnp.asarray(prior_data.action), discrete, num_actions)
     u_s, u_next = jnp.asarray((s - mean) / scale), jnp.asarray((s_next - mean) / scale)
@@ -179,10 +216,32 @@ def fit_prior(key: jax.Array, prior_data: Transition, *, discrete: bool, num_act
                  dynamics_params=params, dynamics=model, num_samples=int(s.shape[0]))
 
 
+def _check_count(name: str, value) -> None:
+    """``ValueError`` unless ``value`` is an integer (not a bool or a float) ``>= 1``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def _check_actions(a: np.ndarray, discrete: bool, num_actions: int, n: int) -> None:
+    """``ValueError`` unless ``a`` holds ``n`` integer actions in ``[0, num_actions)`` (``discrete``) or is a
+    finite ``f32[n, num_actions]``."""
+    if discrete:
+        if a.shape != (n,) or a.dtype.kind not in "iu":
+            raise ValueError(f"prior_data.action: discrete actions must be integers of shape ({n},), got "
+                             f"{a.dtype}{list(a.shape)}")
+        bad = a[(a < 0) | (a >= num_actions)]
+        if bad.size:
+            raise ValueError(f"prior_data.action: discrete actions must lie in [0, {num_actions}), got {bad[0]} "
+                             f"({bad.size} of {n} out of range)")
+    elif a.shape != (n, num_actions) or a.dtype.kind not in "iuf":
+        raise ValueError(f"prior_data.action: continuous actions must have shape ({n}, {num_actions}), got "
+                         f"{a.dtype}{list(a.shape)}")
+    elif not np.isfinite(a).all():
+        raise ValueError("prior_data.action: continuous actions must be finite")
+
+
 def _train_dynamics(key, model, u_s, actions, u_next, num_steps, learning_rate):
     """Full-batch Adam on ``mean (f(u, a) - u')^2``; one jitted ``lax.scan``."""
-    if num_steps < 1:
-        raise ValueError(f"dynamics_steps must be >= 1, got {num_steps}")
     tx = optax.adam(learning_rate)
 
     @jax.jit

@@ -16,7 +16,7 @@ import optax
 from flax.training.train_state import TrainState
 from jax.flatten_util import ravel_pytree
 
-from fedjax_attacks.inversion.defense import privatize
+from fedjax_attacks.inversion.defense import check_defense, privatize
 from fedjax_attacks.inversion.rgia import Victim
 from fedjax_attacks.inversion.rgia_envs import RGIAEnv
 from fedjax_attacks.rl import dqn, networks, replay, td3, wrappers
@@ -74,7 +74,9 @@ def make_noisy_dqn_train(config: dqn.DQNConfig, env: RGIAEnv) -> Callable[[jax.A
     """``train(key, variance) -> (q_params, episode_returns f32[iterations])``: ``dqn.make_train``'s double
     DQN where every update applies ``privatize(key, grad, variance)``, the gradient the FRL client shares under
     the DP defense (``N(0, variance I)`` added to the flat TD-loss gradient). ``variance`` is traced, so one
-    ``jax.vmap`` trains under every noise level of a sweep."""
+    ``jax.vmap`` trains under every noise level of a sweep. A concrete negative, NaN or infinite ``variance``
+    raises ``ValueError`` (``defense.check_defense``); a traced one passes unread: check a sweep's variances
+    where they are made."""
     config.validate()
     victim = victim_for(env, config)
     q_net = networks.QNetwork(env.num_actions, tuple(config.hidden))
@@ -84,6 +86,7 @@ def make_noisy_dqn_train(config: dqn.DQNConfig, env: RGIAEnv) -> Callable[[jax.A
     crosses = lambda step, every: (step + 1) * config.num_envs // every > step * config.num_envs // every
 
     def train(key, variance):
+        check_defense(variance)
         key, k_init, k_env = jax.random.split(key, 3)
         obs, env_state = venv.reset(k_env, env.env_params)
         params = q_net.init(k_init, obs)

@@ -43,6 +43,7 @@ from fedjax_attacks.rl_attack.config import ActionSpace, RLAttackConfig
 from fedjax_attacks.rl_attack.distribution import DISTRIBUTIONS, LearnedData, OwnData, Snapshots
 from fedjax_attacks.rl_attack.policy import Learner, PolicyLearner, make_learner
 from fedjax_attacks.rl_attack.simulator import FLSimulator, SimParams, observation
+from fedjax_attacks.validation import check_index
 
 RL = "rl"
 
@@ -225,6 +226,11 @@ class RLAttack:
 
     ``modes`` is ``("none", *baseline labels, "rl")``; ``block(state, mode)`` runs ``eval_every`` real rounds
     under ``modes[mode]`` (baselines attack from round 0, the RL attack from ``tau_E``).
+
+    A concrete ``mode`` (a Python or numpy integer, or a concrete 0-d integer array) outside
+    ``[0, len(modes))``, or not an integer, raises ``ValueError`` in ``schedule``, ``block``, ``run`` and
+    ``run_with_progress``. A traced mode (``block`` inside ``jit``, as in ``compiled("block")``) cannot be checked:
+    ``lax.switch`` clamps it into range.
     """
 
     fl_config: fl.FLConfig
@@ -280,6 +286,7 @@ class RLAttack:
     def schedule(self, block: int, mode: int) -> dict:
         """What runs before evaluation block ``block`` under ``mode`` (host bools): ``distribution`` (phase 1)
         and ``policy`` (a chunk of phase 2); only the RL mode has them."""
+        mode = check_index(mode, len(self.modes), "mode (an index into RLAttack.modes)", scalar=True)
         start, cfg = block * self.fl_config.eval_every, self.config
         rl = mode == self.rl_mode
         return {"distribution": rl and start == cfg.tau_e and cfg.distribution != "own",
@@ -289,7 +296,7 @@ class RLAttack:
     def run(self, key: jax.Array, mode: int | None = None):
         """The whole run under ``modes[mode]`` (default: the RL attack): ``(final RLState, fl.History)``, one pure
         function; jit it, vmap it over keys."""
-        mode = self.rl_mode if mode is None else int(mode)
+        mode = self.rl_mode if mode is None else check_index(mode, len(self.modes), "mode (an index into RLAttack.modes)", scalar=True)
         cfg = self.config
 
         def body(state, block):
@@ -362,6 +369,7 @@ def _make_block(fl_config: fl.FLConfig, config: RLAttackConfig, sim: fl.Simulati
     full = fl_config.knowledge == "full"
 
     def block(state: RLState, mode):
+        check_index(mode, rl_mode + 1, "mode (an index into RLAttack.modes)", scalar=True)
         att = state.attackers
         rl_attack = kit.attack(att.learner.agent, att.data)
         crafts = [lambda key, inp: inp.updates, *(a.craft for a in baselines), rl_attack.craft]
@@ -424,7 +432,7 @@ def run_with_progress(rl: RLAttack, keys: jax.Array, mode: int | None = None, de
     one evaluation block at a time, with a tqdm bar; the same computation as ``jax.vmap(lambda k: rl.run(k,
     mode))(keys)``. Times each phase separately: ``distribution`` (phase 1), ``policy`` (phase 2), ``fl_rounds``
     (the real rounds, including the attackers' crafting)."""
-    mode = rl.rl_mode if mode is None else int(mode)
+    mode = rl.rl_mode if mode is None else check_index(mode, len(rl.modes), "mode (an index into RLAttack.modes)", scalar=True)
     kit = rl.kit
     wall = {"init": 0.0, "distribution": 0.0, "policy": 0.0, "fl_rounds": 0.0, "compile_s": 0.0}
     calls = []
