@@ -93,49 +93,49 @@ MODULES = {
         "tests/test_interfaces.py::-k switch",
         "tests/test_attacks.py::-k registry_covers"],
     "fl/config.py": [
-        "tests/test_mutation_kills_fl.py",
+        "tests/test_fl.py",
         "tests/test_fl.py::-k bad_config or refused or must_match",
         "tests/test_config_fuzz.py::-k fl_config_fuzz_validation"],
     "fl/simulation.py": [
-        "tests/test_mutation_kills_fl.py::-k sample_batch or knowledge_setting or simulation_ or scalar_index or first_non_finite",
+        "tests/test_fl.py::-k sample_batch or knowledge_setting or simulation_ or scalar_index or first_non_finite",
         "tests/test_fl.py::-k python_loop or sample_clients_is_without or partial_knowledge_hides or bad_config or refused",
-        "tests/test_strengthened_fl.py",
+        "tests/test_fl.py",
         "tests/test_robustness.py::-k server_skips or label_flip_uses or raise_names",
         "tests/test_attacks_fl.py::-k label_flip or switch",
         "tests/test_interfaces.py::-k vmapped_attack_sweep or fl_params_override"],
     "frl/config.py": [
-        "tests/test_mutation_kills_frl.py",
+        "tests/test_frl_agreement.py",
         "tests/test_frl.py::-k config_validation or switches_count",
         "tests/test_frl_blocks.py::-k block_schedule or validation_refuses"],
     "frl/byzantine.py": [
-        "tests/test_mutation_kills_frl.py::-k byzantine_mask or broadcast_hands",
+        "tests/test_frl_agreement.py::-k byzantine_mask or broadcast_hands",
         "tests/test_frl_agreement.py::-k avg_zero_makes or large_noise_differs or alie_messages",
         "tests/test_frl_coverage.py::-k fresh_noise or random_actions_replace"],
     "frl/agreement.py": [
-        "tests/test_mutation_kills_frl.py",
+        "tests/test_frl_agreement.py",
         "tests/test_frl_coverage.py::-k average_agreement or fresh_noise",
         "tests/test_frl_agreement.py"],
     "frl/base.py": [
-        "tests/test_mutation_kills_frl_algorithms.py::-k block_keys or make_aggregator or check_mesh or state_is or "
+        "tests/test_frl.py::-k block_keys or make_aggregator or check_mesh or state_is or "
         "sample_blocks_match or estimates_differ or overflowing_and_nan",
         "tests/test_frl_blocks.py::-k greedy_returns",
         "tests/test_frl_sharding.py::-k mesh_without",
         "tests/test_frl.py::-k decbyzpg_with_one or decbyzpg_matches"],
     "frl/byzpg.py": [
-        "tests/test_mutation_kills_frl_algorithms.py::-k plain_config or overflowing_and_nan",
+        "tests/test_frl.py::-k plain_config or overflowing_and_nan",
         "tests/test_frl.py::-k test_byzpg_matches or centered_clipping or config_validation",
         "tests/test_frl_blocks.py::-k greedy_returns or validation_refuses",
         "tests/test_frl_sharding.py::-k mesh_without"],
     "frl/decbyzpg.py": [
         "tests/test_frl.py::-k decbyzpg_with_one or decbyzpg_matches or avg_zero or threads_the or config_validation",
-        "tests/test_mutation_kills_frl_algorithms.py::-k decbyzpg_takes or two_agents_agree or overflowing_and_nan or variants_by_iterations",
+        "tests/test_frl.py::-k decbyzpg_takes or two_agents_agree or overflowing_and_nan or variants_by_iterations",
         "tests/test_frl_coverage.py::-k random_actions or fresh_noise",
         "tests/test_frl_sharding.py::-k mesh_without"],
     "frl/batch.py::shape_key,group_by_shape,default_steps": [
         "tests/test_frl_blocks.py::-k validation_refuses or steps_are_checked"],
     "frl/batch.py::make_variants": [
         "tests/test_frl_blocks.py::-k validation_refuses or steps_are_checked",
-        "tests/test_mutation_kills_frl_algorithms.py::-k variants_take_mesh or greedy_scores or variants_by_iterations"],
+        "tests/test_frl.py::-k variants_take_mesh or greedy_scores or variants_by_iterations"],
     "models/zoo.py": [
         "tests/test_models.py::-k zoo_model or get_validates",
         "tests/test_models.py::-k paper_cnn_layer_shapes"],
@@ -146,7 +146,7 @@ MODULES = {
     "inversion/metrics.py": [
         "tests/test_models.py::-k gaussian or ssim or mse_psnr or optimal or batch_scores",
         "tests/test_inversion.py::-k ssim_psnr or l2_and_cosine or total_variation",
-        "tests/test_strengthened_inversion.py"],
+        "tests/test_inversion.py"],
     "rl/gae.py": [
         "tests/test_rl_core.py::-k gae or n_step",
         "tests/test_rl_core.py::-k gae",
