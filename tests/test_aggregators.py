@@ -886,3 +886,75 @@ def test_dnc_centres_on_the_finite_rows_only_near_a_tie(values):
     keep = ref_dnc_keep(x, 3)
     np.testing.assert_allclose(J(agg.dnc(2))(jnp.asarray(x)), x[np.sort(keep)].astype(np.float64).mean(0),
                                rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The authors' Krum (seed paper 000's server): unsquared distances, n - f - 3 neighbours, f the round's attackers
+
+
+def ref_authors_krum(x, f):
+    x = np.asarray(x, np.float64)
+    n = len(x)
+    dist = np.linalg.norm(x[:, None] - x[None], axis=-1)
+    k = min(max(n - f - 3, 1), n - 1)
+    scores = [np.sort(np.delete(dist[i], i))[:k].sum() for i in range(n)]
+    return x[int(np.argmin(scores))]
+
+
+@pytest.mark.parametrize("f", [0, 1, 3, 6])
+def test_authors_krum_sums_unsquared_distances_to_the_round_count_of_neighbours(f):
+    """Against a NumPy loop, for several per-round attacker counts passed as context (traced inside jit). Rows are
+    spread so that squared and unsquared sums (and n - f - 2 against n - f - 3 neighbours) pick different rows."""
+    rng = np.random.default_rng(f)
+    x = (5.0 + rng.standard_t(1.5, size=(10, 3))).astype(np.float32)
+    rule = agg.krum(num_byzantine=1, variant="authors")
+    assert rule.needs == frozenset({"num_malicious"})
+    got = jax.jit(lambda u, m: rule(u, num_malicious=m))(jnp.asarray(x), jnp.int32(f))
+    np.testing.assert_allclose(got, ref_authors_krum(x, f), rtol=1e-6)
+    np.testing.assert_allclose(rule(jnp.asarray(x)), ref_authors_krum(x, 1), rtol=1e-6)  # no context: num_byzantine
+
+
+def test_authors_krum_differs_from_the_standard_rule_and_validates():
+    """On some draw the two scores choose different rows (else the variant would be a no-op); bad input raises."""
+    rng = np.random.default_rng(0)
+    differ = 0
+    for _ in range(20):
+        x = (rng.standard_t(1.5, size=(10, 3))).astype(np.float32)
+        differ += not np.allclose(agg.krum(2, variant="authors")(x, num_malicious=2), agg.krum(2)(x))
+    assert differ > 0
+    with pytest.raises(ValueError, match="variant"):
+        agg.krum(1, variant="fang")
+    with pytest.raises(ValueError, match="n > f \\+ 3"):
+        agg.krum(3, variant="authors")(np.ones((6, 2), np.float32))
+
+
+def test_the_fl_server_and_aggregator_aware_attacks_pass_the_round_attacker_count():
+    """The server gives the authors' Krum the number of attackers sampled in the round, and ``AttackInput.aggregate``
+    does the same, so LMP-Krum predicts the server's choice."""
+    from fedjax_attacks import data, fl, models
+    from fedjax_attacks.attacks import AttackInput
+
+    digits = data.load("digits")
+    mlp = models.get("mlp", 10, digits.input_shape, hidden=(8,))
+    config = fl.FLConfig(num_clients=20, num_malicious=8, clients_per_round=10, batch_size=4, rounds=2,
+                         eval_every=1, aggregator="krum", aggregator_hparams={"num_byzantine": 0,
+                                                                              "variant": "authors"})
+    sim = fl.make_simulation(config, digits, mlp)
+    params = sim.default_params()
+    state = sim.init(jax.random.PRNGKey(4))
+    rin = sim.client_updates(state, params)
+    count = int(np.sum(rin.malicious_mask))
+    assert count > 0
+    rule = agg.krum(0, variant="authors")
+    rng = np.random.default_rng(0)
+    for _ in range(50):  # a submission on which the round's count and the fallback f = 0 choose different rows
+        submitted = rin.updates + jnp.asarray(rng.standard_t(1.5, size=(10, 1)), jnp.float32)
+        if not np.allclose(rule(submitted, num_malicious=count), rule(submitted, num_malicious=0)):
+            break
+    else:
+        raise AssertionError("no submission tells the round's count from f = 0")
+    new_state, _ = sim.server_step(state, submitted, params)
+    want = state.params - params.lr * rule(submitted, num_malicious=count)
+    np.testing.assert_allclose(new_state.params, want, rtol=1e-6, atol=1e-7)
+    inp = AttackInput(submitted, rin.malicious_mask, state.round, aggregator=rule)
+    np.testing.assert_allclose(inp.aggregate(submitted), rule(submitted, num_malicious=count), rtol=1e-6)

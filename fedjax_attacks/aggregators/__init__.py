@@ -27,12 +27,12 @@ from fedjax_attacks.aggregators.pre import bucketing, clipped_mean, clipped_medi
 from fedjax_attacks.aggregators.registry import get, mark_built_in, names, register
 from fedjax_attacks.aggregators.reweighting import centered_clipping, fltrust, geometric_median
 from fedjax_attacks.aggregators.rules import mean
-from fedjax_attacks.aggregators.selection import bulyan, dnc, krum, krum_scores, mda, multi_krum
+from fedjax_attacks.aggregators.selection import authors_krum_scores, bulyan, dnc, krum, krum_scores, mda, multi_krum
 
 mark_built_in()
 
 __all__ = [
     "Aggregator", "bucketing", "bulyan", "centered_clipping", "chain", "check_final", "clipped_mean",
-    "clipped_median", "dnc", "fltrust", "geometric_median", "get", "krum", "krum_scores", "mda", "mean", "median",
+    "authors_krum_scores", "clipped_median", "dnc", "fltrust", "geometric_median", "get", "krum", "krum_scores", "mda", "mean", "median",
     "multi_krum", "names", "nnm", "norm_clip", "pairwise_sq_dists", "register", "trimmed_mean",
 ]

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-CONTEXT = ("key", "server_update")
+CONTEXT = ("key", "server_update", "num_malicious")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +29,8 @@ class Aggregator:
       init: ``init(dim) -> state``.
       update: ``update(updates, state, *, key=None, server_update=None, **extra) -> (output, state)``.
       pre: a pre-aggregator (``f32[n, d] -> f32[n', d]``), never the final rule of a server.
-      needs: context the rule cannot run without (``"key"``, ``"server_update"``), for early validation.
+      needs: context the rule cannot run without (``"key"``, ``"server_update"``, ``"num_malicious"``: the
+        attackers sampled this round, which the authors' Krum reads), for early validation.
       name: a readable name for error messages.
     """
 

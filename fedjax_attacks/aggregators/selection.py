@@ -28,6 +28,9 @@ from fedjax_attacks.aggregators.registry import register
 from fedjax_attacks.aggregators.sorting import order_statistic
 
 
+KRUM_VARIANTS = ("standard", "authors")
+
+
 def krum_scores(updates, num_byzantine: int):
     """Krum score ``s(i) = sum of ||x_i - x_j||^2 over the n - f - 2 nearest j != i`` -> ``f32[n]``."""
     updates = as_float(updates)[0]
@@ -37,17 +40,45 @@ def krum_scores(updates, num_byzantine: int):
     return smallest_sum(dists, n - num_byzantine - 2)
 
 
-def krum(num_byzantine: int = 1) -> Aggregator:
-    """Krum: the update ``x_{i*}``, ``i* = argmin_i s(i)`` (lowest index on ties). Needs ``n > 2f + 2``."""
-    f = check_int(num_byzantine, "krum: num_byzantine", 0)
+def authors_krum_scores(updates, num_malicious):
+    """The RL-attack paper's reference code's Krum score (seed paper 000): ``s(i) = sum of ||x_i - x_j||`` (not
+    squared) over the ``n - f - 3`` nearest ``j != i``, with ``f`` the number of attackers the server sampled this
+    round (traced; the count is clamped to at least one neighbour) -> ``f32[n]``."""
+    updates = as_float(updates)[0]
+    n = updates.shape[0]
+    dists = jnp.sqrt(jnp.maximum(pairwise_sq_dists(updates), 0.0))
+    dists = jnp.where(jnp.eye(n, dtype=bool), jnp.inf, dists)
+    k = jnp.clip(n - jnp.asarray(num_malicious, jnp.int32) - 3, 1, n - 1)
+    nearest = jnp.sort(dists, axis=1)  # n is a round's w (tens): the sort is cheap
+    return jnp.sum(jnp.where(jnp.arange(n) < k, nearest, 0.0), axis=1)
 
-    def aggregate(updates, **context):
+
+def krum(num_byzantine: int = 1, variant: str = "standard") -> Aggregator:
+    """Krum: the update ``x_{i*}``, ``i* = argmin_i s(i)`` (lowest index on ties).
+
+    ``variant="standard"`` (Blanchard et al., 2017): ``krum_scores`` with the fixed ``f = num_byzantine``; needs
+    ``n > 2f + 2``. ``variant="authors"``: as the RL-attack paper's server ran it, ``authors_krum_scores`` with
+    ``f`` the true number of attackers sampled this round, which the server passes as the context
+    ``num_malicious`` (``num_byzantine`` is the fallback when none is passed); needs ``n > f + 3``.
+    """
+    f = check_int(num_byzantine, "krum: num_byzantine", 0)
+    if variant not in KRUM_VARIANTS:
+        raise ValueError(f"krum: variant must be one of {KRUM_VARIANTS}, got {variant!r}")
+
+    def aggregate(updates, num_malicious=None, **context):
         del context
         n, _ = check_updates(updates, "krum")
-        _check_krum_n(n, f, "krum")
-        return updates[jnp.argmin(krum_scores(updates, f))]
+        if variant == "authors":
+            if n <= f + 3:
+                raise ValueError(f"krum (authors' variant) needs n > f + 3, got n={n}, f={f}")
+            scores = authors_krum_scores(updates, f if num_malicious is None else num_malicious)
+        else:
+            _check_krum_n(n, f, "krum")
+            scores = krum_scores(updates, f)
+        return updates[jnp.argmin(scores)]
 
-    return stateless(aggregate, name="krum")
+    needs = ("num_malicious",) if variant == "authors" else ()
+    return stateless(aggregate, name="krum" if variant == "standard" else "krum_authors", needs=needs)
 
 
 def multi_krum(num_byzantine: int = 1, num_selected: int | None = None) -> Aggregator:

@@ -59,8 +59,10 @@ class AttackInput:
         such as LMP-Krum), with the round's state, key and ``server_update``."""
         if self.aggregator is None:
             raise ValueError("this AttackInput carries no aggregator (aggregator-aware attacks need one)")
+        count = ({"num_malicious": jnp.sum(jnp.asarray(self.malicious_mask, jnp.int32))}
+                 if "num_malicious" in self.aggregator.needs else {})
         return self.aggregator.update(submitted, self.aggregator_state, key=self.aggregator_key,
-                                      server_update=self.server_update)[0]
+                                      server_update=self.server_update, **count)[0]
 
 
 def check_positive(value, name: str, allow_zero: bool = False):

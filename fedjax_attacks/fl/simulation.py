@@ -192,6 +192,7 @@ def make_simulation(config: FLConfig, dataset: Dataset, model: FlatModel,
     client_update = _make_client_update(config, model)
     attacked = config.attack != "none" and config.num_malicious > 0
     needs_g0 = "server_update" in aggregator.needs
+    needs_count = "num_malicious" in aggregator.needs  # the authors' Krum reads the round's attacker count
     w = config.clients_per_round
 
     def aggregator_for(params: FLParams) -> aggregators.Aggregator:
@@ -248,8 +249,9 @@ def make_simulation(config: FLConfig, dataset: Dataset, model: FlatModel,
         key, k_sample, _, _, k_client, _, k_agg = round_keys(state.key)
         malicious = sample_clients(k_sample, config.num_clients, w) < config.num_malicious
         g0 = server_update_at(state.params, k_client, params.lr) if needs_g0 else None
+        count = {"num_malicious": jnp.sum(malicious.astype(jnp.int32))} if needs_count else {}
         agg, agg_state = aggregator_for(params).update(submitted, state.aggregator_state, key=k_agg,
-                                                       server_update=g0)
+                                                       server_update=g0, **count)
         if config.mode == "fedsgd":
             new_params = state.params - params.lr * agg
         else:

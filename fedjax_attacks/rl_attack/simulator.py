@@ -123,6 +123,8 @@ class FLSimulator(environment.Environment):
         crafted = self.craft(k_craft, jnp.asarray(action, jnp.float32), state.params, data)
         submitted = jnp.where(state.malicious[:, None], crafted[None], honest)
         context = {"key": k_agg}
+        if "num_malicious" in self.aggregator.needs:
+            context["num_malicious"] = jnp.sum(state.malicious.astype(jnp.int32))
         if "server_update" in self.aggregator.needs:
             root = sample(k_root, data, self.root_size)
             context["server_update"] = self._grad(state.params, data.x[root], data.y[root])
