@@ -43,3 +43,23 @@ def median_time(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> flo
         fn()
         times.append(time.perf_counter() - start)
     return float(np.median(times))
+
+
+def replace_readme_section(readme: str, name: str, markdown: str) -> None:
+    """Replaces the text between ``<!-- name:begin -->`` and ``<!-- name:end -->`` in the file ``readme`` with
+    ``markdown`` (tables the benchmarks render from their ``results.json``, so the README never holds hand-copied
+    figures). ``ValueError`` if the markers are missing or out of order."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    with open(readme) as f:
+        text = f.read()
+    i, j = text.find(begin), text.find(end)
+    if i < 0 or j < i:
+        raise ValueError(f"{readme} has no section {begin} ... {end}")
+    with open(readme, "w") as f:
+        f.write(text[: i + len(begin)] + "\n" + markdown.strip("\n") + "\n" + text[j:])
+
+
+def mean_ci(mean: float, std: float, n: int) -> str:
+    """``mean +- half-width`` of a normal 95% confidence interval over ``n`` seeds (``std`` the population std)."""
+    half = 1.96 * std / np.sqrt(max(n - 1, 1)) if n > 1 else float("nan")
+    return f"{mean:.3f} +- {half:.3f}"

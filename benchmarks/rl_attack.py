@@ -29,6 +29,7 @@ vmapped) against real rounds per second; steady-state figures exclude the calls 
 """
 
 import dataclasses
+import json
 import os
 import time
 
@@ -97,6 +98,9 @@ def parse_args(argv=None):
     p.add_argument("--clip-relative", type=float, default=None,
                    help="the clipped median's threshold as this multiple of the median benign update norm at "
                         "theta_0 (the paper's threshold is ~140x its benign update); default: the absolute 2.0")
+    p.add_argument("--render-readme", default=None, metavar="RESULTS_JSON",
+                   help="render this results.json's tables into --readme and exit (no run)")
+    p.add_argument("--readme", default="README.md")
     p.add_argument("--krum-variant", default="standard", choices=("standard", "authors"),
                    help="standard Krum (fixed f = 2, squared distances, n - f - 2 neighbours) or the authors' server "
                         "(the round's true attacker count, unsquared distances, n - f - 3 neighbours)")
@@ -223,9 +227,54 @@ def claim(fig3):
     return verdicts
 
 
+def readme_tables(results: dict) -> str:
+    """The README's RL-attack tables (markdown) rendered from a ``results.json`` of this script: Fig. 3's final
+    accuracy per setting and mode (mean +- 95% CI over seeds), the claim per setting, and Fig. 4c when present."""
+    cfg = results["config"]
+    n = cfg["seeds"]
+    hparams = results.get("aggregator_hparams", {})
+    lines = [f"{cfg['dataset']}, {cfg['model']}, K = {cfg['num_clients']}, M = {cfg['num_malicious']}, "
+             f"w = {cfg['clients_per_round']}, {cfg['rounds']} rounds, tau_E = {cfg['tau_e']}, policy learning until "
+             f"round {cfg['policy_until']}, {n} seeds; defenses: "
+             + "; ".join(f"{a} {h}" for a, h in hparams.items())
+             + f" (`python -m benchmarks.rl_attack` with `{_flags(cfg)}`; device {results['environment']['devices']})."
+             " Final test accuracy, mean +- 95% CI over seeds:", ""]
+    if "fig3" in results:
+        modes = list(next(iter(results["fig3"].values()))["final"])
+        lines += ["| setting | " + " | ".join(modes) + " |", "|---" * (len(modes) + 1) + "|"]
+        for key, entry in results["fig3"].items():
+            final = entry["final"]
+            lines.append(f"| {key} | " + " | ".join(common.mean_ci(final[m]["mean"], final[m]["std"], n)
+                                                  for m in modes) + " |")
+        lines += ["", "Claim (RL ends below every baseline):"]
+        for key, verdict in results.get("claim", {}).items():
+            lines.append(f"- {key}: RL {verdict['rl']:.3f} vs the best baseline ({verdict['best_baseline']}) "
+                         f"{verdict['best_baseline_acc']:.3f}: {'holds' if verdict['holds'] else 'does not hold'} "
+                         f"(margin {verdict['rl_below_every_baseline_by']:+.3f})")
+    if "fig4c" in results:
+        final = results["fig4c"]["final"]
+        lines += ["", f"Fig. 4c ({results['fig4c']['aggregator']}, q = {results['fig4c']['q']}): "
+                  + ", ".join(f"{label} {common.mean_ci(v['mean'], v['std'], n)}" for label, v in final.items())]
+    return "\n".join(lines)
+
+
+def _flags(cfg: dict) -> str:
+    """The non-default command-line flags of a run, from its recorded config."""
+    defaults = vars(parse_args([]))
+    return " ".join(f"--{k.replace('_', '-')} {v}" if not isinstance(v, bool) else f"--{k.replace('_', '-')}"
+                    for k, v in cfg.items() if k not in ("out",) and v != defaults.get(k) and v is not False)
+
+
 def main(argv=None):
-    """Runs the figures (``argv`` as on the command line), writes ``results.json`` and PNGs, returns results."""
+    """Runs the figures (``argv`` as on the command line), writes ``results.json`` and PNGs, returns results.
+    ``--render-readme RESULTS_JSON`` only renders that file's tables into README.md (between the
+    ``<!-- rl_attack:begin -->`` / ``<!-- rl_attack:end -->`` markers) and returns its results."""
     args = parse_args(argv)
+    if args.render_readme:
+        with open(args.render_readme) as f:
+            results = json.load(f)
+        common.replace_readme_section(args.readme, "rl_attack", readme_tables(results))
+        return results
     os.makedirs(args.out, exist_ok=True)
     figures = args.figures.split(",")
     dataset = data.load(args.dataset)

@@ -48,3 +48,33 @@ def test_notebook_runs_the_three_phases():
     assert "RLAttackConfig.tau_e" in outputs and "action_low/action_high" in outputs
     assert "final accuracy:" in outputs and "P~ rows: reconstructions" in outputs
     assert "8 simulated rounds at once" in outputs
+
+
+def _results(seeds=5):
+    final = {"none": {"mean": 0.9, "std": 0.01}, "lmp": {"mean": 0.2, "std": 0.1}, "rl": {"mean": 0.1, "std": 0.05}}
+    config = {**vars(rl_attack.parse_args([])), "seeds": seeds, "krum_variant": "authors"}
+    return {"config": config, "environment": {"devices": ["cpu:cpu"]},
+            "aggregator_hparams": {"krum": {"num_byzantine": 2, "variant": "authors"}},
+            "fig3": {"iid/krum": {"final": final}},
+            "claim": {"iid/krum": {"rl": 0.1, "best_baseline": "lmp", "best_baseline_acc": 0.2,
+                                   "rl_below_every_baseline_by": 0.1, "holds": True}}}
+
+
+def test_readme_tables_come_from_results_json_with_confidence_intervals(tmp_path):
+    """The rendered table holds each mode's mean +- 1.96 std / sqrt(n - 1) (std over the n seeds), the flags of
+    the run, and the claim; only the marked README section is replaced."""
+    table = rl_attack.readme_tables(_results(seeds=5))
+    assert "| iid/krum | 0.900 +- 0.010 | 0.200 +- 0.098 | 0.100 +- 0.049 |" in table
+    assert "--krum-variant authors" in table and "--seeds 5" in table
+    assert "iid/krum: RL 0.100 vs the best baseline (lmp) 0.200: holds (margin +0.100)" in table
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- rl_attack:begin -->\nold table\n<!-- rl_attack:end -->\noutro\n")
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(_results()))
+    rl_attack.main(["--render-readme", str(path), "--readme", str(readme)])
+    text = readme.read_text()
+    assert "old table" not in text and text.startswith("intro\n") and text.endswith("outro\n")
+    assert "0.200 +- 0.098" in text
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="rl_attack:begin"):
+        rl_attack.main(["--render-readme", str(path), "--readme", str(readme)])
