@@ -7,13 +7,20 @@ vmapped, ``[S, T]``) and writes
 * ``name.jsonl``: one JSON object per row (one per step, or per seed and step), index columns first;
 * ``name.csv``: the same rows (a field with more axes than the rows holds a JSON list per cell);
 * ``name.meta.json``: the config, the package versions and devices (``environment()``), the row axes and every
-  field's dtype and shape, so ``load`` gives back the arrays exactly.
+  field's dtype and shape, so ``load`` gives back the arrays exactly, and the length and SHA-256 of both data
+  files, so ``load`` refuses a torn, truncated or foreign file instead of reading it.
+
+A save never overwrites a file in place: each file is written beside its place as ``<file>.new`` and renamed over
+it, the meta first. A save killed before the meta's rename leaves the previous save; killed after it, the new
+data files may still wait as ``.new`` (the next save renames them), and ``load`` reads them.
 
 The benchmarks' ``results.json`` records the same ``environment()``.
 """
 
 import csv
 import dataclasses
+import hashlib
+import io
 import json
 import os
 import platform
@@ -98,37 +105,53 @@ def save(out_dir: str, metrics: Any, *, config: Any = None, name: str = "metrics
         row = dict(zip(axes, index))
         row.update({key: to_json(value[index]) for key, value in fields.items()})
         rows.append(row)
-    with open(paths["jsonl"], "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
     columns = list(axes) + list(fields)
-    with open(paths["csv"], "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(columns)
-        for row in rows:
-            writer.writerow([json.dumps(row[c]) if isinstance(row[c], list) else repr(row[c]) for c in columns])
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([json.dumps(row[c]) if isinstance(row[c], list) else repr(row[c]) for c in columns])
+    data = {"jsonl": "".join(json.dumps(row) + "\n" for row in rows).encode(), "csv": table.getvalue().encode()}
     meta = {"name": name, "axes": list(axes), "rows_shape": list(rows_shape),
             "fields": {key: {"dtype": str(value.dtype), "shape": list(value.shape)} for key, value in fields.items()},
+            "files": {kind: _fingerprint(content) for kind, content in data.items()},
             "config": to_json(config), "environment": environment()}
-    with open(paths["meta"], "w") as f:
-        json.dump(meta, f, indent=2)
+    data["meta"] = json.dumps(meta, indent=2).encode()
+    for kind, content in data.items():
+        _write_synced(paths[kind] + ".new", content)
+    for kind in ("meta", "jsonl", "csv"):  # the meta's rename commits the save
+        os.replace(paths[kind] + ".new", paths[kind])
     return paths
 
 
 def load(path: str) -> tuple:
     """``(fields, meta)`` from a file ``save`` wrote (``.jsonl`` or ``.csv``; ``name.meta.json`` beside it):
-    ``fields`` maps each field to a NumPy array of its saved dtype and shape."""
+    ``fields`` maps each field to a NumPy array of its saved dtype and shape.
+
+    Raises:
+      ValueError: the file is not the one its meta describes (truncated, torn by a killed save, or from another
+        save), or its meta holds no checksums.
+    """
     stem, ext = os.path.splitext(path)
-    with open(stem + ".meta.json") as f:
-        meta = json.load(f)
-    if ext == ".jsonl":
-        with open(path) as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-    elif ext == ".csv":
-        with open(path, newline="") as f:
-            rows = [{key: json.loads(_json_cell(cell)) for key, cell in row.items()} for row in csv.DictReader(f)]
-    else:
+    if ext not in (".jsonl", ".csv"):
         raise ValueError(f"results.load: expected a .jsonl or .csv file, got {path!r}")
+    for _ in range(2):  # a save that commits between reading the meta and the file: read both again
+        with open(stem + ".meta.json") as f:
+            meta = json.load(f)
+        if "files" not in meta:
+            raise ValueError(f"results.load: {stem + '.meta.json'!r} has no checksums of its data files (written "
+                             f"by an older fedjax_attacks); save the results again")
+        content = _committed(path, meta["files"][ext[1:]])
+        if content is not None:
+            break
+    else:
+        raise ValueError(f"results.load: {path!r} is not the file {stem + '.meta.json'!r} describes "
+                         f"({meta['files'][ext[1:]]}): truncated, torn by a killed save, or from another save")
+    text = io.StringIO(content.decode(), newline="")
+    if ext == ".jsonl":
+        rows = [json.loads(line) for line in text if line.strip()]
+    else:
+        rows = [{key: json.loads(_json_cell(cell)) for key, cell in row.items()} for row in csv.DictReader(text)]
     fields = {}
     for key, spec in meta["fields"].items():
         out = np.empty(spec["shape"], dtype=spec["dtype"])
@@ -136,6 +159,31 @@ def load(path: str) -> tuple:
             out[tuple(row[axis] for axis in meta["axes"])] = row[key]
         fields[key] = out
     return fields, meta
+
+
+def _fingerprint(content: bytes) -> dict:
+    return {"bytes": len(content), "sha256": hashlib.sha256(content).hexdigest()}
+
+
+def _write_synced(path: str, content: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(content)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _committed(path: str, fingerprint: dict) -> Optional[bytes]:
+    """The bytes of ``path``, or of ``path.new`` (a committed save killed before renaming it), that match
+    ``fingerprint``; ``None`` if neither does."""
+    for candidate in (path, path + ".new"):
+        try:
+            with open(candidate, "rb") as f:
+                content = f.read()
+        except FileNotFoundError:
+            continue
+        if _fingerprint(content) == fingerprint:
+            return content
+    return None
 
 
 def _fields(metrics: Any) -> dict:

@@ -7,13 +7,19 @@ loop; it is also the one place a checkpoint hook belongs. Its result equals ``ru
 keys).
 """
 
+import hashlib
+import json
 import os
+import warnings
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import serialization
 from tqdm.auto import tqdm
+
+from fedjax_attacks.results import to_json
 
 
 def scan_steps(step: Callable, state: Any, num_steps: int):
@@ -23,15 +29,21 @@ def scan_steps(step: Callable, state: Any, num_steps: int):
 
 def run_chunked(init: Callable, step: Callable, num_steps: int, key: jax.Array, *, chunk: Optional[int] = None,
                 desc: str = "run", unit: str = "step", unit_scale: int = 1, progress: bool = True,
-                checkpoint_dir: Optional[str] = None, checkpoint_every: int = 1,
+                checkpoint_dir: Optional[str] = None, checkpoint_every: int = 1, config: Any = None,
                 on_chunk: Optional[Callable[[int], None]] = None):
     """Runs ``init`` then ``num_steps`` calls of ``step`` in jitted chunks of ``chunk`` steps, with a tqdm bar.
 
     With ``checkpoint_dir`` the whole run state (the carry and the metrics so far) is saved with orbax every
     ``checkpoint_every`` chunks, and a call finding a checkpoint there resumes from the latest one: a run killed
-    after chunk k and started again with the same arguments ends with a bit-identical state and metrics. Use
-    the same ``chunk`` when resuming. States must hold raw ``uint32`` PRNG keys (``jax.random.PRNGKey``), which
-    orbax can save. ``on_chunk(steps_done)`` is called after each chunk (logging, or interrupting a test).
+    after chunk k (or at any moment of a save) and started again with the same arguments ends with a
+    bit-identical state and metrics. Use the same ``chunk`` when resuming. States must hold raw ``uint32`` PRNG
+    keys (``jax.random.PRNGKey``), which orbax can save. ``on_chunk(steps_done)`` is called after each chunk
+    (logging, or interrupting a test).
+
+    Each checkpoint records what it is a checkpoint of: the key, ``num_steps``, ``config`` and the state's
+    shapes; a resume with any of them different is refused. It also records a SHA-256 of itself: a damaged
+    latest step (a flipped bit, a truncated file) is removed with a warning and the run resumes from the intact
+    step before it (two are kept).
 
     Args:
       init: ``init(key) -> state``.
@@ -42,10 +54,16 @@ def run_chunked(init: Callable, step: Callable, num_steps: int, key: jax.Array, 
       chunk: steps per jitted call (default: about 20 chunks); the last chunk may be shorter (one more compile).
       desc, unit, unit_scale: the bar's label, unit name and units per step (e.g. rounds per FL block).
       progress: show the bar.
+      config: the run's configuration (an ``FLConfig``, a ``PPOConfig``, a dict: anything ``results.to_json``
+        takes), recorded with the checkpoints; resuming a checkpoint of another config is refused.
 
     Returns:
       ``(final state, metrics stacked over steps)``; with a batch of keys both have a leading seed axis and the
       step axis is axis 1. Identical to ``scan_steps(step, init(key), num_steps)`` (vmapped for a batch).
+
+    Raises:
+      ValueError: ``checkpoint_dir`` is not a directory (or cannot be one), or holds a checkpoint of another run
+        (the message lists what differs), or holds no intact checkpoint.
     """
     if not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"run_chunked: num_steps must be an int >= 1, got {num_steps!r}")
@@ -60,6 +78,7 @@ def run_chunked(init: Callable, step: Callable, num_steps: int, key: jax.Array, 
 
     if checkpoint_dir is not None and (not isinstance(checkpoint_every, int) or checkpoint_every < 1):
         raise ValueError(f"run_chunked: checkpoint_every must be an int >= 1, got {checkpoint_every!r}")
+    checkpoints = None if checkpoint_dir is None else _Checkpoints(checkpoint_dir)
     wrap = jax.vmap if batched else (lambda f, **_: f)
     axis = 1 if batched else 0
     chunk_fns = {}
@@ -71,12 +90,13 @@ def run_chunked(init: Callable, step: Callable, num_steps: int, key: jax.Array, 
 
     state = jax.jit(wrap(init))(key)
     pieces, done, chunks = [], 0, 0
-    checkpoints = None if checkpoint_dir is None else _Checkpoints(checkpoint_dir)
-    if checkpoints is not None and checkpoints.latest() is not None:
-        done = checkpoints.latest()
-        metrics_shape = jax.eval_shape(wrap(lambda s: run_chunk(s, done)), state)[1]
-        state, restored = checkpoints.restore(done, state, metrics_shape)
-        pieces.append(restored)
+    if checkpoints is not None:
+        run = {"key": _key_json(key), "num_steps": num_steps, "config": to_json(config), "state": _shapes(state)}
+        metrics_shape = lambda steps: jax.eval_shape(wrap(lambda s: run_chunk(s, steps)), state)[1]
+        done, resumed = checkpoints.resume(run, state, metrics_shape)
+        if resumed is not None:
+            state, metrics = resumed
+            pieces.append(metrics)
     with tqdm(total=num_steps * unit_scale, initial=done * unit_scale, desc=desc, unit=unit,
               disable=not progress) as bar:
         while done < num_steps:
@@ -100,26 +120,125 @@ def _concatenate(pieces, axis):
 
 
 class _Checkpoints:
-    """orbax-checkpoint storage of ``{"state", "metrics"}`` by steps done (two kept)."""
+    """orbax-checkpoint storage of ``{"state", "metrics"}`` by steps done (two kept). Each step has a JSON record
+    beside its arrays: the run it belongs to (see ``resume``), the steps done, and the SHA-256 of both."""
 
     def __init__(self, directory: str):
         import orbax.checkpoint as ocp  # imported here: only checkpointed runs pay for it
 
-        self._ocp = ocp
+        try:  # a file in the way makes orbax's save thread fail and the process hang
+            os.makedirs(directory, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"run_chunked: checkpoint_dir {directory!r} is not a directory ({e})") from None
+        self._ocp, self._directory, self._run = ocp, directory, None
         self._manager = ocp.CheckpointManager(os.path.abspath(directory),
                                               options=ocp.CheckpointManagerOptions(max_to_keep=2))
 
-    def latest(self):
-        return self._manager.latest_step()
-
     def save(self, done, state, metrics):
-        self._manager.save(done, args=self._ocp.args.StandardSave({"state": state, "metrics": metrics}))
+        arrays = {"state": state, "metrics": metrics}
+        record = {"run": self._run, "done": done}
+        record.update(record_sha256=_json_sha256(record), arrays_sha256=_arrays_sha256(arrays))
+        self._manager.save(done, args=self._ocp.args.Composite(arrays=self._ocp.args.StandardSave(arrays),
+                                                               record=self._ocp.args.JsonSave(record)))
         self._manager.wait_until_finished()
 
-    def restore(self, done, state, metrics_shape):
+    def resume(self, run, state, metrics_shape):
+        """Records what this run is (``run``: JSON values) and returns ``(done, (state, metrics))`` from its latest
+        intact step, or ``(0, None)`` in an empty directory. Damaged steps after the intact one are removed with
+        a warning; ``metrics_shape(done)`` is the shape of the metrics of ``done`` steps."""
+        try:
+            self._run = json.loads(json.dumps(run))
+        except TypeError as e:
+            raise ValueError(f"run_chunked: config must be JSON values after results.to_json ({e})") from None
+        damaged = {}
+        for done in sorted(self._manager.all_steps(), reverse=True):
+            try:
+                arrays = self._restore(done, state, metrics_shape(done))
+            except _Damaged as e:
+                damaged[done] = str(e)
+                continue
+            if damaged:
+                for step in damaged:
+                    self._manager.delete(step)
+                warnings.warn(f"run_chunked: in checkpoint_dir {self._directory!r}, {_listing(damaged)} damaged; "
+                              f"removed, resuming from step {done}", stacklevel=3)
+            return done, (arrays["state"], arrays["metrics"])
+        if damaged:
+            raise ValueError(f"run_chunked: checkpoint_dir {self._directory!r} holds no intact checkpoint "
+                             f"({_listing(damaged)} damaged); remove it to start the run again")
+        return 0, None
+
+    def _restore(self, done, state, metrics_shape):
+        """The arrays of step ``done``, after checking its record: ``ValueError`` if it is of another run,
+        ``_Damaged`` if it or the arrays do not read or do not match their SHA-256."""
+        args = self._ocp.args
+        try:
+            record = self._manager.restore(done, args=args.Composite(record=args.JsonRestore()))["record"]
+            intact = _json_sha256({"run": record["run"], "done": record["done"]}) == record["record_sha256"]
+        except Exception as e:  # orbax and tensorstore raise many kinds of errors on a damaged file
+            raise _Damaged(f"its record does not read: {type(e).__name__}") from None
+        if not intact:
+            raise _Damaged("its record does not match its SHA-256")
+        differences = _differences(record["run"], self._run)
+        if differences:
+            raise ValueError(f"run_chunked: checkpoint_dir {self._directory!r} holds another run (step {done}): "
+                             f"{'; '.join(differences)}; pass another checkpoint_dir, or remove it to start again")
         target = {"state": state, "metrics": metrics_shape}
-        restored = self._manager.restore(done, args=self._ocp.args.StandardRestore(target))
-        return restored["state"], restored["metrics"]
+        try:
+            arrays = self._manager.restore(done, args=args.Composite(arrays=args.StandardRestore(target)))["arrays"]
+        except Exception as e:
+            raise _Damaged(f"its arrays do not read: {type(e).__name__}") from None
+        if _arrays_sha256(arrays) != record["arrays_sha256"]:
+            raise _Damaged("its arrays do not match their SHA-256")
+        return arrays
+
+
+class _Damaged(Exception):
+    """A checkpoint step that does not read back as it was saved."""
+
+
+def _listing(damaged: dict) -> str:
+    return ", ".join(f"step {done} ({why})" for done, why in damaged.items()) + (" is" if len(damaged) == 1 else " are")
+
+
+def _json_sha256(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def _arrays_sha256(tree) -> str:
+    digest = hashlib.sha256()
+    for leaf in jax.tree_util.tree_leaves(jax.device_get(tree)):
+        digest.update(np.ascontiguousarray(leaf).tobytes())
+    return digest.hexdigest()
+
+
+def _differences(there, here, path: str = "") -> list:
+    """Where two JSON values differ, as ``"path: <there> there, <here> here"`` lines (dicts by key)."""
+    if isinstance(there, dict) and isinstance(here, dict):
+        return [line for name in sorted(set(there) | set(here))
+                for line in _differences(there.get(name), here.get(name), f"{path}.{name}" if path else name)]
+    if json.dumps(there, sort_keys=True) == json.dumps(here, sort_keys=True):
+        return []
+    return [f"{path}: {_short(there)} there, {_short(here)} here"]
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _key_json(key) -> list:
+    """A PRNG key (or batch of keys) as nested lists of its raw ``uint32`` words."""
+    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    return np.asarray(key).tolist()
+
+
+def _shapes(state) -> list:
+    """Every leaf of ``state`` as ``"path: dtype[shape]"``."""
+    leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+    return [f"{jax.tree_util.keystr(path)}: {leaf.dtype}{list(leaf.shape)}" for path, leaf in leaves]
 
 
 def _is_key_batch(key) -> bool:
@@ -147,7 +266,8 @@ class Trainer(NamedTuple):
 
     def run_with_progress(self, key, chunk: Optional[int] = None, desc: str = "train", **runner_options):
         """``run`` for one key or a batch of keys (vmapped), in jitted chunks with a tqdm bar (``run_chunked``;
-        ``runner_options`` such as ``checkpoint_dir`` go to it)."""
+        ``runner_options`` such as ``checkpoint_dir`` and the run's ``config``, recorded with its checkpoints,
+        go to it)."""
         carry, metrics = run_chunked(self.init, self.step, self.num_steps, key, chunk=chunk, desc=desc,
                                      unit=self.unit, unit_scale=self.unit_scale, **runner_options)
         return self.finish(carry, metrics)
