@@ -251,7 +251,8 @@ def _is_key_batch(key) -> bool:
 class Trainer(NamedTuple):
     """A long run in the protocol: ``init(key) -> carry``, ``step(carry) -> (carry, metrics)`` for one unit
     (one PPO update, one TD3/DQN iteration), ``num_steps`` units, and ``finish(carry, metrics) -> output`` (the
-    algorithm's ``TrainOutput``). ``run(key)`` is the whole run as one jittable, vmappable function."""
+    algorithm's ``TrainOutput``). ``run(key)`` is the whole run as one jittable, vmappable function. ``config``
+    (the algorithm's config) is recorded with checkpoints, so a checkpoint of another config is not resumed."""
 
     init: Callable
     step: Callable
@@ -259,6 +260,7 @@ class Trainer(NamedTuple):
     finish: Callable
     unit: str = "update"
     unit_scale: int = 1
+    config: Any = None
 
     def run(self, key):
         """The whole run: ``finish(*scan_steps(step, init(key), num_steps))``."""
@@ -267,7 +269,8 @@ class Trainer(NamedTuple):
     def run_with_progress(self, key, chunk: Optional[int] = None, desc: str = "train", **runner_options):
         """``run`` for one key or a batch of keys (vmapped), in jitted chunks with a tqdm bar (``run_chunked``;
         ``runner_options`` such as ``checkpoint_dir`` and the run's ``config``, recorded with its checkpoints,
-        go to it)."""
+        go to it; ``config`` defaults to the trainer's)."""
+        runner_options.setdefault("config", self.config)
         carry, metrics = run_chunked(self.init, self.step, self.num_steps, key, chunk=chunk, desc=desc,
                                      unit=self.unit, unit_scale=self.unit_scale, **runner_options)
         return self.finish(carry, metrics)

@@ -89,6 +89,21 @@ def test_fl_resume_refuses_a_checkpoint_of_another_config_with_the_same_shapes(t
                              checkpoint_dir=str(tmp_path), progress=False)
 
 
+def test_trainer_resume_refuses_a_checkpoint_of_another_learning_rate(tmp_path):
+    """A trainer records its config with its checkpoints: PPO at another learning rate (same shapes) is refused."""
+    from fedjax_attacks.rl import env as env_lib
+    from fedjax_attacks.rl import ppo
+
+    env, params = env_lib.make("CartPole-v1")
+    config = ppo.PPOConfig(num_envs=2, num_steps=4, total_timesteps=16, update_epochs=1, num_minibatches=1,
+                           hidden=(4,))
+    ppo.make_trainer(config, env, params).run_with_progress(jax.random.PRNGKey(0), chunk=1, progress=False,
+                                                            checkpoint_dir=str(tmp_path))
+    other = ppo.make_trainer(dataclasses.replace(config, learning_rate=1e-2), env, params)
+    with pytest.raises(ValueError, match="learning_rate"):
+        other.run_with_progress(jax.random.PRNGKey(0), chunk=1, progress=False, checkpoint_dir=str(tmp_path))
+
+
 def _damage(step_dir, how):
     """Flips one bit in the middle of, or truncates, the largest file of a saved step (its arrays)."""
     files = [os.path.join(root, name) for root, _, names in os.walk(step_dir) for name in names]

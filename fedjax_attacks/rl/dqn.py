@@ -162,7 +162,7 @@ def make_trainer(config: DQNConfig, env, env_params) -> Trainer:
         q_state, target_params, buffer = carry[:3]
         return TrainOutput(q_state=q_state, target_params=target_params, buffer=buffer, metrics=metrics)
 
-    return Trainer(init, iteration, config.num_iterations, finish, unit="env step", unit_scale=config.num_envs)
+    return Trainer(init, iteration, config.num_iterations, finish, unit="env step", unit_scale=config.num_envs, config=config)
 
 
 def make_policy(config: DQNConfig, env, env_params, params) -> Callable[[chex.PRNGKey, chex.Array], chex.Array]:

@@ -332,7 +332,7 @@ def make_trainer(config: PPOConfig, env, env_params, poison: Callable = no_poiso
         train_state, env_state, _, hook_state, _ = carry
         return TrainOutput(train_state=train_state, env_state=env_state, hook_state=hook_state, metrics=metrics)
 
-    return Trainer(init, update_step, num_updates, finish, unit="env step", unit_scale=config.batch_size)
+    return Trainer(init, update_step, num_updates, finish, unit="env step", unit_scale=config.batch_size, config=config)
 
 
 def make_policy(config: PPOConfig, env, env_params, params, obs_moments: wrappers.RunningMoments | None = None,

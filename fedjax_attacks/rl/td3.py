@@ -197,7 +197,7 @@ def make_trainer(config: TD3Config, env, env_params) -> Trainer:
         learner, buffer = carry[:2]
         return TrainOutput(learner=learner, buffer=buffer, metrics=metrics)
 
-    return Trainer(init, iteration, config.num_iterations, finish, unit="env step", unit_scale=config.num_envs)
+    return Trainer(init, iteration, config.num_iterations, finish, unit="env step", unit_scale=config.num_envs, config=config)
 
 
 def make_policy(config: TD3Config, env, env_params, actor_params) -> Callable[[chex.PRNGKey, chex.Array], chex.Array]:
