@@ -638,6 +638,9 @@ def test_switch_dispatches_craft_and_poison_data_on_the_index():
     members = (("none", {}), ("label_flip", {"num_classes": 4}), ("sign_flip", {"scale": 2.0}))
     with pytest.raises(ValueError, match="at least one"):
         attacks.switch(())
+    for bad in (3, -1, 1.5, True):  # a concrete index outside the members used to be clamped silently
+        with pytest.raises(ValueError, match="switch: index"):
+            attacks.switch(members, bad)
     inp, key = _input(), jax.random.key(1)
     x, y = jnp.ones((3, 2)), jnp.asarray([0, 1, 3])
     for i, (name, hparams) in enumerate(members):

@@ -11,16 +11,19 @@ from typing import Any, Mapping, Sequence
 import jax
 
 from fedjax_attacks.attacks.base import Attack, AttackInput, get, register
+from fedjax_attacks.validation import check_index
 
 
 def switch(members: Sequence[tuple[str, Mapping[str, Any]]], index: jax.Array | int = 0) -> Attack:
     """The attack ``members[index]``, with ``members`` a sequence of ``(name, hparams)`` for ``get``.
 
-    ``index`` may be a traced int32 scalar (clamped to the valid range by ``lax.switch``). Both ``craft`` and
-    ``poison_data`` dispatch on it; the switch needs full knowledge if any member does.
+    ``index`` may be a traced int32 scalar (clamped to the valid range by ``lax.switch``); a concrete one outside
+    ``[0, len(members))`` raises ``ValueError``. Both ``craft`` and ``poison_data`` dispatch on it; the switch
+    needs full knowledge if any member does.
     """
     if not members:
         raise ValueError("switch: members must name at least one attack")
+    check_index(index, len(members), "switch: index (an index into members)", scalar=True)
     built = [get(name, **dict(hparams)) for name, hparams in members]
 
     def craft(key: jax.Array, inp: AttackInput) -> jax.Array:
