@@ -54,7 +54,7 @@ def replace_readme_section(readme: str, name: str, markdown: str) -> None:
         text = f.read()
     i, j = text.find(begin), text.find(end)
     if i < 0 or j < i:
-        raise ValueError(f"{readme} has no section {begin} ... {end}")
+        raise ValueError(f"{readme} has no section markers {begin} ... {end}")
     with open(readme, "w") as f:
         f.write(text[: i + len(begin)] + "\n" + markdown.strip("\n") + "\n" + text[j:])
 

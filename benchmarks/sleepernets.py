@@ -1,34 +1,49 @@
-"""SleeperNets against TrojDRL-W, BadRL-M and no poisoning (Rathbun et al., NeurIPS 2024; issue 14).
+"""SleeperNets against TrojDRL-W, BadRL-M and no poisoning (Rathbun et al., NeurIPS 2024; issues 14 and 28).
 
-For each environment, every attack and seed (and, on the ablation environment, every budget ``beta`` and reward
-``c`` of the ablation) trains in ONE vmapped PPO program (``backdoor.make_comparison``), so each environment
+For each environment, every attack and seed (and, on the ablation environment, every poisoned-state count and
+reward of the ablation) trains in ONE vmapped PPO program (``backdoor.make_comparison``), so each environment
 compiles once. Then, per run, on the trained agent acting without the trigger:
 
 * ASR: mean ``pi(a+ | delta(s))`` over the states it visits; BRR: its return over that of the clean agent
-  trained with the same seed; the poisoning rate (per update and cumulated) over training;
+  trained with the same seed, printed beside the clean agent's return and a uniformly random policy's; the
+  poisoning rate (per update and cumulated) and the reward perturbation (mean ``|r' - r|`` on poisoned states);
 * curves: training ASR, episode return and poisoning rate against environment steps;
 * speed: env steps/s of plain PPO and of PPO under SleeperNets (same seeds and PPO config, calls of a few updates
   interleaved in the same run, fastest call of each).
 
-On the ablation environment (CartPole by default) the one program also holds every extra budget ``beta`` and reward
-``c`` for each attack, SleeperNets both at ``--alpha`` (0.5) and at the paper's ablation setting ``alpha = 0``.
+Every attack stops poisoning once the training ASR reaches 1 (``BackdoorConfig.asr_stop``), as in the reference.
 
-Environments: Breakout-MinAtar and SpaceInvaders-MinAtar (3x3 checkerboard on every channel, MinAtar's conv
-network), CartPole-v1 (an extra feature set to 1), brax inverted_pendulum (extra feature; the target is the sign
-+1 of the continuous action; BadRL-M needs discrete actions and is not run). Claims checked: SleeperNets' ASR
->= 0.99 with BRR >= 0.9 everywhere, its ASR above both baselines' at the same budget, its poisoning rate falling.
+The poisoned reward is relative to each task's return scale R: ``c = k R`` with ``k = --reward-scale`` (0.25),
+where R is the largest discounted return-to-go the task's rewards give: ``r_max (1 - gamma^H) / (1 - gamma)`` for
+a reward every step (CartPole: 99.3, inverted_pendulum: 86.6, horizon H) and ``r_max`` for sparse rewards
+(MinAtar: 1 per brick or alien; DeepSea: 1, the treasure). ``--reward C`` sets one absolute ``c`` for every task.
 
-    python -m benchmarks.sleepernets                  # default table (3 seeds, short runs) + CartPole ablation
+Environments: DeepSea-bsuite (size 6, fixed action map, a feature set to 1; the target is LEFT, which forfeits
+the treasure: a costly target, SleeperNets at every alpha of ``--alphas``), Breakout-MinAtar and
+SpaceInvaders-MinAtar (3x3 checkerboard on every channel, or ``--trigger-size 1 --trigger-channels 0``: one cell
+of one channel, 1% of the grid; MinAtar's conv network), CartPole-v1 (an extra feature set to 1), brax
+inverted_pendulum (extra feature; the target is the sign +1 of the continuous action; BadRL-M needs discrete
+actions and is not run). On the ablation environment (DeepSea) the budget is also set by the number of poisoned
+states over the run (``--ablation-counts``) and by other reward scales k (``--ablation-rewards``). Claims
+checked: SleeperNets' ASR >= 0.99 with BRR >= 0.9, its ASR above both baselines' at the same budget (on the
+costly target by a wide margin), its poisoning rate falling.
+
+    python -m benchmarks.sleepernets                  # default table (5 seeds, short runs) + DeepSea ablation
+    python -m benchmarks.sleepernets --write-readme   # ... and render README.md's SleeperNets section from it
+    python -m benchmarks.sleepernets --render-from a/results.json,b/results.json   # only render the README
     python -m benchmarks.sleepernets --paper          # the reference's PPO and 10M-step MinAtar runs (days on a CPU)
 """
 
 import dataclasses
+import json
+import os
 import time
 
 import jax
 import jax.numpy as jnp
 import matplotlib
 import numpy as np
+import scipy.stats
 from tqdm import tqdm
 
 matplotlib.use("Agg")
@@ -53,32 +68,62 @@ class Setup:
     ent_coef: float
     target: int
     eval_max_steps: int
+    return_scale: float  # R of c = k R (module docstring)
     image: bool = False
+    costly: bool = False  # the target forfeits the task's reward: SleeperNets at every --alphas
     make_kwargs: tuple = ()
+    env_params: tuple = ()  # fields of the environment's params replaced
+    flatten: bool = False  # grid observations made vectors (triggers.Flatten) for the feature trigger
+
+
+def _dense_scale(horizon, gamma=0.99):
+    """``(1 - gamma^H) / (1 - gamma)``: R of a reward of 1 every step over ``horizon`` steps."""
+    return (1.0 - gamma ** horizon) / (1.0 - gamma)
 
 
 SETUPS = {
-    "Breakout-MinAtar": Setup(61_440, 10_000_000, 1e-3, 2, 0.01, target=1, eval_max_steps=1000, image=True),
-    "SpaceInvaders-MinAtar": Setup(61_440, 10_000_000, 1e-3, 2, 0.01, target=1, eval_max_steps=1000, image=True),
-    "CartPole-v1": Setup(245_760, 2_000_000, 1e-3, 4, 0.01, target=0, eval_max_steps=500),
+    "DeepSea-bsuite": Setup(245_760, 2_000_000, 1e-3, 4, 0.01, target=0, eval_max_steps=6, return_scale=1.0,
+                            costly=True, make_kwargs=(("size", 6),), env_params=(("randomize_actions", False),),
+                            flatten=True),
+    "Breakout-MinAtar": Setup(61_440, 10_000_000, 1e-3, 2, 0.01, target=1, eval_max_steps=1000, return_scale=1.0,
+                              image=True),
+    "SpaceInvaders-MinAtar": Setup(61_440, 10_000_000, 1e-3, 2, 0.01, target=1, eval_max_steps=1000,
+                                   return_scale=1.0, image=True),
+    "CartPole-v1": Setup(245_760, 2_000_000, 1e-3, 4, 0.01, target=0, eval_max_steps=500,
+                         return_scale=_dense_scale(500)),
     "brax:inverted_pendulum": Setup(81_920, 5_000_000, 1e-3, 4, 0.0, target=1, eval_max_steps=200,
+                                    return_scale=_dense_scale(200),
                                     make_kwargs=(("backend", "positional"), ("episode_length", 200))),
 }
+DEFAULT_ENVS = ",".join(SETUPS)
+QUICK_ENVS = ["DeepSea-bsuite", "CartPole-v1"]
+
+
+def _floats(text):
+    return [float(x) for x in text.split(",") if x]
 
 
 def parse_args(argv=None):
     p = common.parser("sleepernets", __doc__.split("\n\n")[0])
-    p.add_argument("--envs", default=",".join(SETUPS), help="comma-separated (default: %(default)s)")
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--envs", default=DEFAULT_ENVS, help="comma-separated (default: %(default)s)")
+    p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--budget", type=float, default=0.005, help="beta, poisoned fraction of states (default 0.5%%)")
-    p.add_argument("--reward", type=float, default=5.0, help="c, the poisoned reward bound")
-    p.add_argument("--alpha", type=float, default=0.5, help="SleeperNets' alpha")
+    p.add_argument("--reward-scale", type=float, default=0.25,
+                   help="k of c = k R, R the task's return scale (module docstring)")
+    p.add_argument("--reward", type=float, default=None, help="one absolute c for every task (overrides k)")
+    p.add_argument("--alpha", type=float, default=0.5, help="SleeperNets' alpha in the main table")
+    p.add_argument("--alphas", default="0,0.5,1", help="SleeperNets' alphas on the costly-target tasks")
     p.add_argument("--steps-scale", type=float, default=1.0, help="multiplies every environment's run length")
-    p.add_argument("--ablation-env", default="CartPole-v1", help="environment of the beta / c ablation ('' = none)")
-    p.add_argument("--ablation-budgets", default="0.0003,0.001", help="extra budgets (c = --reward)")
-    p.add_argument("--ablation-rewards", default="1,20", help="extra rewards c (beta = --budget)")
-    p.add_argument("--ablation-alpha", type=float, default=0.0,
-                   help="SleeperNets' alpha in the ablation, besides --alpha (the paper's ablations use 0)")
+    p.add_argument("--trigger-size", type=int, default=3, help="side of the MinAtar image trigger (cells)")
+    p.add_argument("--trigger-channels", default="",
+                   help="channels of the MinAtar image trigger, comma-separated ('' = every channel; "
+                        "'--trigger-size 1 --trigger-channels 0' is the less salient 1%% one-channel trigger)")
+    p.add_argument("--ablation-env", default="DeepSea-bsuite", help="environment of the ablations ('' = none)")
+    p.add_argument("--ablation-counts", default="100,300",
+                   help="budgets as poisoned states over a whole run (beta = count / run steps)")
+    p.add_argument("--ablation-rewards", default="",
+                   help="extra reward scales k (c = k R, beta = --budget), e.g. '1' (default none: with it the "
+                        "DeepSea program of 75 runs stalled in XLA's CPU compiler here; 60 runs compile)")
     p.add_argument("--speed-envs", default="Breakout-MinAtar,CartPole-v1",
                    help="environments timed with and without poisoning ('' = none)")
     p.add_argument("--speed-updates", type=int, default=2, help="PPO updates per timed call")
@@ -87,31 +132,69 @@ def parse_args(argv=None):
     p.add_argument("--dqn-steps", type=int, default=50_000, help="BadRL-M's DQN training steps")
     p.add_argument("--paper", action="store_true",
                    help="the reference's PPO (8 envs x 200 steps, lr 2.5e-4, clip 0.1, 4 epochs) and run lengths")
+    p.add_argument("--write-readme", action="store_true", help="render README's SleeperNets section from this run")
+    p.add_argument("--readme", default="README.md", help="the README --write-readme / --render-from rewrite")
+    p.add_argument("--render-from", default="",
+                   help="comma-separated results.json files: only render the README section from them, no run")
     args = p.parse_args(argv)
     args.envs = [e for e in args.envs.split(",") if e]
     unknown = [e for e in args.envs if e not in SETUPS]
     if unknown:
         p.error(f"unknown --envs {unknown}: choose from {list(SETUPS)}")
-    args.ablation_budgets = [float(b) for b in args.ablation_budgets.split(",") if b]
-    args.ablation_rewards = [float(c) for c in args.ablation_rewards.split(",") if c]
+    try:
+        args.alphas = _floats(args.alphas)
+        args.ablation_counts = [int(n) for n in args.ablation_counts.split(",") if n]
+        args.ablation_rewards = _floats(args.ablation_rewards)
+        args.trigger_channels = tuple(int(c) for c in args.trigger_channels.split(",") if c)
+    except ValueError as err:
+        p.error(f"bad number in a comma-separated option: {err}")
     args.speed_envs = [e for e in args.speed_envs.split(",") if e]
+    args.render_from = [f for f in args.render_from.split(",") if f]
     if args.quick:
-        args.envs, args.seeds, args.steps_scale = ["CartPole-v1"], 2, 0.05
-        args.ablation_budgets, args.ablation_rewards = [0.001], [1.0]
-        args.speed_envs, args.speed_repeats, args.eval_episodes, args.dqn_steps = ["CartPole-v1"], 3, 4, 4_000
-    for value, name in ((args.budget, "--budget"), *((b, "--ablation-budgets") for b in args.ablation_budgets)):
-        if not 0.0 < value <= 1.0:
-            p.error(f"{name} must lie in (0, 1], got {value}")
+        if ",".join(args.envs) == DEFAULT_ENVS:
+            args.envs = list(QUICK_ENVS)
+        args.seeds, args.steps_scale = 2, 0.05
+        args.ablation_counts, args.ablation_rewards = [50], [1.0]
+        args.speed_envs = [e for e in args.speed_envs if e in args.envs][:1]
+        args.speed_repeats, args.eval_episodes, args.dqn_steps = 3, 4, 4_000
+    if not 0.0 < args.budget <= 1.0:
+        p.error(f"--budget must lie in (0, 1], got {args.budget}")
+    if args.ablation_env and args.ablation_env not in SETUPS:
+        p.error(f"unknown --ablation-env {args.ablation_env!r}: choose from {list(SETUPS)}")
+    for value, name in ((args.reward_scale, "--reward-scale"), *(((args.reward, "--reward"),) if args.reward
+                                                                 is not None else ()),
+                        *((k, "--ablation-rewards") for k in args.ablation_rewards)):
+        if not value > 0:
+            p.error(f"{name} must be > 0, got {value}")
+    if any(n < 1 for n in args.ablation_counts):
+        p.error(f"--ablation-counts must be >= 1 poisoned states, got {args.ablation_counts}")
+    if not args.alphas or any(a < 0 for a in args.alphas):
+        p.error(f"--alphas must be >= 0 (at least one), got {args.alphas}")
+    if args.seeds < 1 or args.trigger_size < 1:
+        p.error("--seeds and --trigger-size must be >= 1")
     return args
 
 
-def make_env(name):
-    """``(env, env_params, trigger, network)`` of one benchmark environment."""
+def reward_of(args, name, k=None):
+    """``c`` on ``name``: ``--reward`` when given, else ``k R`` (``k = --reward-scale`` by default)."""
+    if args.reward is not None and k is None:
+        return args.reward
+    return (args.reward_scale if k is None else k) * SETUPS[name].return_scale
+
+
+def make_env(name, args=None):
+    """``(env, env_params, trigger, network)`` of one benchmark environment (``args``: the image trigger's
+    ``--trigger-size`` and ``--trigger-channels``; default the 3x3 patch on every channel)."""
     setup = SETUPS[name]
     env, params = rl.make(name, **dict(setup.make_kwargs))
+    if setup.env_params:
+        params = params.replace(**dict(setup.env_params))
     if setup.image:
-        return env, params, backdoor.ImagePatch(size=3), networks.ConvActorCritic(
+        size, channels = (3, ()) if args is None else (args.trigger_size, args.trigger_channels)
+        return env, params, backdoor.ImagePatch(size=size, channels=channels or None), networks.ConvActorCritic(
             env.num_actions, discrete=True, channels=(16,), hidden=(128,))
+    if setup.flatten:
+        env = backdoor.Flatten(env)
     return backdoor.TriggerFeature(env), params, backdoor.FEATURE_ON, None
 
 
@@ -131,19 +214,23 @@ def ppo_config(args, name, num_updates=None):
 
 
 def grid(args, name, attacks):
-    """The configurations of one environment, ``(attack, budget, reward, alpha)``, the table's first; on the
-    ablation environment also every extra budget and reward for each attack, SleeperNets at ``--alpha`` and at
-    ``--ablation-alpha``."""
-    configs = [(a, args.budget, args.reward, args.alpha) for a in attacks]
+    """The configurations of one environment, ``(attack, budget, reward, alpha)``, the table's first; on a
+    costly-target task also SleeperNets at every ``--alphas``; on the ablation environment also, for each
+    baseline and SleeperNets (at its largest alpha there), every budget of ``--ablation-counts`` (poisoned states over the run)
+    and every reward scale of ``--ablation-rewards``."""
+    c = reward_of(args, name)
+    configs = [(a, args.budget, c, args.alpha) for a in attacks]
+    alphas = [args.alpha]
+    if SETUPS[name].costly:
+        alphas = sorted({args.alpha, *args.alphas})
+        configs += [("sleepernets", args.budget, c, al) for al in alphas if al != args.alpha]
     if name != args.ablation_env:
         return configs
-    variants = [(a, args.alpha) for a in attacks if a != "none"]
-    if args.ablation_alpha != args.alpha:
-        variants.append(("sleepernets", args.ablation_alpha))
-        configs.append(("sleepernets", args.budget, args.reward, args.ablation_alpha))
-    configs += [(a, b, args.reward, al) for b in args.ablation_budgets for a, al in variants]
-    configs += [(a, args.budget, c, al) for c in args.ablation_rewards for a, al in variants]
-    return configs
+    variants = [(a, max(alphas) if a == "sleepernets" else args.alpha) for a in attacks if a != "none"]
+    total = ppo_config(args, name).num_updates * ppo_config(args, name).batch_size
+    configs += [(a, min(1.0, n / total), c, al) for n in args.ablation_counts for a, al in variants]
+    configs += [(a, args.budget, reward_of(args, name, k), al) for k in args.ablation_rewards for a, al in variants]
+    return list(dict.fromkeys(configs))
 
 
 def train_q(args, env, params, key):
@@ -156,50 +243,59 @@ def train_q(args, env, params, key):
 
 def run_env(args, name, key):
     """Trains and evaluates every run of ``name``; returns its results dict."""
-    env, params, trigger, network = make_env(name)
+    env, params, trigger, network = make_env(name, args)
     spec = rl.spec(env, params)
     attacks = backdoor.ATTACKS if spec.discrete else ("none", "sleepernets", "trojdrl")
     cfg = ppo_config(args, name)
-    config = backdoor.BackdoorConfig(target=SETUPS[name].target, budget=args.budget, reward=args.reward,
-                                     alpha=args.alpha)
+    c = reward_of(args, name)
+    config = backdoor.BackdoorConfig(target=SETUPS[name].target, budget=args.budget, reward=c, alpha=args.alpha)
     k_q, k_runs, k_eval = jax.random.split(key, 3)
     start = time.perf_counter()
     q = train_q(args, env, params, k_q) if "badrl" in attacks else None
     dqn_s = time.perf_counter() - start
     configs = grid(args, name, attacks)
     seeds = jax.random.split(k_runs, args.seeds)
-    runs = [(c, s) for c in configs for s in range(args.seeds)]
+    runs = [(cc, s) for cc in configs for s in range(args.seeds)]
     keys = jnp.stack([seeds[s] for _, s in runs])
     trainer = backdoor.make_comparison(cfg, env, params, config, trigger, network=network, q=q, attacks=attacks)
     start = time.perf_counter()
-    out = backdoor.run_comparison(trainer, keys, backdoor.run_settings(attacks, [c for c, _ in runs]), desc=name)
+    out = backdoor.run_comparison(trainer, keys, backdoor.run_settings(attacks, [cc for cc, _ in runs]), desc=name)
     train_s = time.perf_counter() - start
     apply_fn = out.train_state.apply_fn
+    max_steps = SETUPS[name].eval_max_steps
     start = time.perf_counter()
     evaluation = jax.jit(jax.vmap(lambda k, p: backdoor.evaluate(
-        k, apply_fn, p, env, params, trigger, config, args.eval_episodes, SETUPS[name].eval_max_steps)))(
+        k, apply_fn, p, env, params, trigger, config, args.eval_episodes, max_steps)))(
         jnp.stack([jax.random.fold_in(k_eval, s) for _, s in runs]), out.train_state.params)
+    random_ret = float(jax.jit(lambda k: backdoor.random_return(k, env, params, 4 * args.eval_episodes, max_steps))(
+        jax.random.fold_in(k_eval, 2**31)))
     eval_s = time.perf_counter() - start
     asr, ret = np.asarray(evaluation["asr"]), np.asarray(evaluation["return"])
-    clean = {s: ret[i] for i, (c, s) in enumerate(runs) if c[0] == "none"}
-    brr = backdoor.benign_return_ratio(ret, np.array([clean[s] for _, s in runs]))
+    clean = {s: ret[i] for i, (cc, s) in enumerate(runs) if cc[0] == "none"}
+    clean_ret = np.array([clean[s] for _, s in runs])
+    brr = backdoor.benign_return_ratio(ret, clean_ret)
     logged = jax.tree.map(np.asarray, out.metrics)
     rates = backdoor.poisoning_rate(logged["poisoned"], cfg.batch_size)
+    change = backdoor.perturbation(logged["reward_change"], logged["poisoned"])
     steps = (np.arange(cfg.num_updates) + 1) * cfg.batch_size
     by_config = {}
-    for c in configs:
-        idx = [i for i, (cc, _) in enumerate(runs) if cc == c]
-        by_config[c] = {
-            "attack": c[0], "budget": c[1], "reward": c[2], "alpha": c[3],
+    for cc in configs:
+        idx = [i for i, (x, _) in enumerate(runs) if x == cc]
+        by_config[cc] = {
+            "attack": cc[0], "budget": cc[1], "reward": cc[2], "alpha": cc[3],
+            "poisoned_states": _stats(logged["poisoned"][idx].sum(-1)),
             "asr": _stats(asr[idx]), "brr": _stats(brr[idx]), "return": _stats(ret[idx]),
+            "clean_return": _stats(clean_ret[idx]), "reward_perturbation": _stats(change[idx]),
             "poisoning_rate": float(rates["cumulative"][idx, -1].mean()),
             "curves": {"steps": steps, "train_asr": logged["train_asr"][idx].mean(0),
                        "episode_return": np.nanmean(logged["episode_return"][idx], 0),
                        "poisoning_rate": rates["cumulative"][idx].mean(0),
                        "poisoning_rate_per_update": rates["per_update"][idx].mean(0)}}
     total_steps = len(runs) * cfg.num_updates * cfg.batch_size
-    return {"ppo": dataclasses.asdict(cfg), "attacks": list(attacks), "runs": len(runs), "configs": by_config,
-            "table": {a: by_config[(a, args.budget, args.reward, args.alpha)] for a in attacks},
+    return {"ppo": dataclasses.asdict(cfg), "attacks": list(attacks), "runs": len(runs), "seeds": args.seeds,
+            "reward": c, "return_scale": SETUPS[name].return_scale, "costly": SETUPS[name].costly,
+            "trigger": repr(trigger), "random_return": random_ret, "run_steps": cfg.num_updates * cfg.batch_size,
+            "configs": by_config, "table": {a: by_config[(a, args.budget, c, args.alpha)] for a in attacks},
             "wall_s": {"dqn": dqn_s, "train": train_s, "eval": eval_s},
             "program_steps_per_s": total_steps / train_s}
 
@@ -208,9 +304,9 @@ def measure_speed(args, name, key):
     """Env steps/s of plain PPO and of PPO under SleeperNets (seeds vmapped): each program runs
     ``--speed-updates`` updates per jitted call from the same state, calls interleaved ``--speed-repeats`` times;
     the fastest call of each counts (the least disturbed by other work on a shared machine), medians are kept."""
-    env, params, trigger, network = make_env(name)
+    env, params, trigger, network = make_env(name, args)
     cfg = ppo_config(args, name)
-    config = backdoor.BackdoorConfig(target=SETUPS[name].target, budget=args.budget, reward=args.reward,
+    config = backdoor.BackdoorConfig(target=SETUPS[name].target, budget=args.budget, reward=reward_of(args, name),
                                      alpha=args.alpha)
     keys = jax.random.split(key, args.seeds)
     trainers = {"plain PPO": ppo.make_trainer(cfg, env, params, network=network),
@@ -235,7 +331,8 @@ def measure_speed(args, name, key):
 
 
 def claims(results):
-    """The paper's claims per environment, with the figures they rest on."""
+    """The paper's claims per environment, with the figures they rest on; on a costly-target task also the ASR
+    margin of SleeperNets at its best alpha over the better baseline."""
     out = {}
     for name, res in results.items():
         table = res["table"]
@@ -251,6 +348,13 @@ def claims(results):
             if base in table:
                 row[f"beats_{base}"] = sn["asr"]["mean"] > table[base]["asr"]["mean"]
                 row[f"{base}_asr"] = table[base]["asr"]["mean"]
+        if res["costly"]:
+            same = [v for v in res["configs"].values() if v["attack"] == "sleepernets"
+                    and v["budget"] == sn["budget"] and v["reward"] == sn["reward"]]
+            best = max(same, key=lambda v: v["asr"]["mean"])
+            baseline = max(table[b]["asr"]["mean"] for b in ("trojdrl", "badrl") if b in table)
+            row.update({"best_alpha": best["alpha"], "best_alpha_asr": best["asr"]["mean"],
+                        "margin_over_baselines": best["asr"]["mean"] - baseline})
         out[name] = row
     return out
 
@@ -296,51 +400,119 @@ def plot_table(results, path):
     plt.close(fig)
 
 
-def plot_ablation(res, args, path):
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
-    budgets = sorted({args.budget, *args.ablation_budgets})
-    rewards = sorted({args.reward, *args.ablation_rewards})
-    variants = [(a, args.alpha) for a in res["attacks"] if a != "none"]
-    if args.ablation_alpha != args.alpha:
-        variants.append(("sleepernets", args.ablation_alpha))
-    for attack, alpha in variants:
+def plot_ablation(res, path):
+    """ASR against the poisoned-state budget on the ablation environment, per attack (SleeperNets per alpha)."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    rows = [v for v in res["configs"].values() if v["attack"] != "none" and v["reward"] == res["reward"]]
+    for attack, alpha in dict.fromkeys((v["attack"], v["alpha"]) for v in rows):
+        pts = sorted((v["poisoned_states"]["mean"], v["asr"]["mean"], v["asr"]["std"]) for v in rows
+                     if (v["attack"], v["alpha"]) == (attack, alpha))
         label = NAMES[attack] + (f" (alpha={alpha:g})" if attack == "sleepernets" else "")
-        paper_alpha = attack == "sleepernets" and alpha != args.alpha
-        style = {"color": "tab:purple" if paper_alpha else COLORS[attack], "linestyle": "--" if paper_alpha else "-"}
-        for ax, xs, key in ((axes[0], budgets, lambda b: (attack, b, args.reward, alpha)),
-                            (axes[1], rewards, lambda c: (attack, args.budget, c, alpha))):
-            stats = [res["configs"][key(x)]["asr"] for x in xs]
-            ax.errorbar(xs, [s["mean"] for s in stats], yerr=[s["std"] for s in stats], marker="o",
-                        label=label, capsize=3, **style)
-    axes[0].set_xscale("log")
-    axes[0].set_xticks(budgets, [f"{100 * b:g}%" for b in budgets])
-    axes[0].minorticks_off()
-    axes[0].set_xlabel(f"budget beta (c = {args.reward:g})")
-    axes[1].set_xlabel(f"reward c (beta = {args.budget:g})")
-    for ax in axes:
-        ax.set_ylabel("ASR")
-        ax.legend(fontsize=7)
+        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
+                    label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"poisoned states over the run (c = {res['reward']:g})")
+    ax.set_ylabel("ASR")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def markdown_table(results):
-    lines = ["| environment | attack | ASR | BRR | return | poisoning rate |", "| --- | --- | --- | --- | --- | --- |"]
-    for name, res in results.items():
-        for attack in backdoor.ATTACKS:
-            if attack not in res["table"]:
-                lines.append(f"| {name} | {NAMES[attack]} | n/a (continuous actions) | | | |")
-                continue
-            r = res["table"][attack]
-            lines.append(f"| {name} | {NAMES[attack]} | {r['asr']['mean']:.3f} ± {r['asr']['std']:.3f} | "
-                         f"{r['brr']['mean']:.2f} ± {r['brr']['std']:.2f} | {r['return']['mean']:.1f} | "
-                         f"{100 * r['poisoning_rate']:.3f}% |")
-    return "\n".join(lines)
+README_BEGIN, README_END = "<!-- sleepernets:begin -->", "<!-- sleepernets:end -->"
+
+
+def _ci(stats):
+    """``mean ± half-width`` of the 95% Student-t interval over the seeds of a ``_stats`` dict (from JSON)."""
+    values = np.asarray([v for v in stats["per_seed"] if v is not None], np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return "n/a"
+    half = (scipy.stats.t.ppf(0.975, values.size - 1) * values.std(ddof=1) / np.sqrt(values.size)
+            if values.size > 1 else 0.0)
+    return f"{values.mean():.2f} ± {half:.2f}"
+
+
+def _label(payload):
+    """How a results.json was run: its size flags and PPO steps."""
+    cfg = payload["config"]
+    size = "--paper" if cfg.get("paper") else "--quick" if cfg.get("quick") else "default size"
+    return f"{size}, {cfg['seeds']} seeds"
+
+
+def render_markdown(payloads):
+    """The README's SleeperNets section (markdown) from loaded ``results.json`` payloads, each labelled by how it
+    was run: the main table (ASR and BRR, mean ± 95% t-interval over seeds, beside the clean and random-policy
+    returns), the reward perturbation and poisoning rate of every attack, SleeperNets per alpha on the
+    costly-target tasks, and the poisoned-state-count and reward ablations."""
+    out = ["ASR / BRR per attack: mean ± 95% t-interval over seeds (BRR: return without the trigger over the clean "
+           "agent's of the same seed); beta, c = k R as in `benchmarks/sleepernets.py`. Rendered by "
+           "`python -m benchmarks.sleepernets --write-readme` (or `--render-from`) from the runs' `results.json`.",
+           "", "| environment (run) | steps | c | no poisoning ASR | SleeperNets | TrojDRL-W | BadRL-M | "
+           "clean return | random return |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    perturb = ["| environment | attack | alpha | poisoned states | poisoning rate | mean abs(r' - r) on poisoned |",
+               "| --- | --- | --- | --- | --- | --- |"]
+    costly, ablation = [], []
+    for payload in payloads:
+        label = _label(payload)
+        for name, res in payload["envs"].items():
+            table = res["table"]
+            cells = [f"{_ci(table[a]['asr'])} / {_ci(table[a]['brr'])}" if a in table else "n/a (continuous)"
+                     for a in ("sleepernets", "trojdrl", "badrl")]
+            out.append(f"| {name} ({label}) | {res['run_steps']:,} | {res['reward']:.3g} | "
+                       f"{_ci(table['none']['asr'])} | {' | '.join(cells)} | {_ci(table['none']['return'])} | "
+                       f"{res['random_return']:.2f} |")
+            main_rows = [v for v in res["configs"].values() if v["budget"] == table["none"]["budget"]
+                         and v["reward"] == res["reward"] and v["attack"] != "none"]
+            for v in main_rows:
+                perturb.append(f"| {name} | {NAMES[v['attack']]} | {v['alpha']:g} | "
+                               f"{v['poisoned_states']['mean']:.0f} | {100 * v['poisoning_rate']:.3f}% | "
+                               f"{_ci(v['reward_perturbation'])} |")
+            if res["costly"]:
+                for v in main_rows:
+                    who = NAMES[v["attack"]] + (f", alpha = {v['alpha']:g}" if v["attack"] == "sleepernets" else "")
+                    costly.append(f"| {name} ({label}) | {who} | {_ci(v['asr'])} | {_ci(v['brr'])} | "
+                                  f"{v['poisoned_states']['mean']:.0f} |")
+            extra = [v for v in res["configs"].values() if v["attack"] != "none" and v not in main_rows]
+            for v in extra:
+                who = NAMES[v["attack"]] + (f", alpha = {v['alpha']:g}" if v["attack"] == "sleepernets" else "")
+                ablation.append(f"| {name} ({label}) | {who} | {v['poisoned_states']['mean']:.0f} "
+                                f"({100 * v['budget']:.3g}%) | {v['reward']:.3g} | {_ci(v['asr'])} | "
+                                f"{_ci(v['brr'])} |")
+    out += ["", "Reward perturbation and budget spent, at the main table's beta and c:", "", *perturb]
+    if costly:
+        out += ["", "Costly target (DeepSea: the target LEFT forfeits the treasure), same budget and c:", "",
+                "| environment (run) | attack | ASR | BRR | poisoned states |", "| --- | --- | --- | --- | --- |",
+                *costly]
+    if ablation:
+        out += ["", "Ablations: budget by poisoned states over the run, and reward c:", "",
+                "| environment (run) | attack | poisoned states (beta) | c | ASR | BRR |",
+                "| --- | --- | --- | --- | --- | --- |", *ablation]
+    return "\n".join(out)
+
+
+def write_readme(readme_path, results_paths):
+    """Replaces the text between ``README_BEGIN`` and ``README_END`` in ``readme_path`` by ``render_markdown`` of
+    the ``results.json`` files ``results_paths``; returns the rendered section.
+
+    Raises ``ValueError`` if the README lacks the two markers (in that order) or a results file is missing.
+    """
+    payloads = []
+    for path in results_paths:
+        if not os.path.isfile(path):
+            raise ValueError(f"no results file {path!r}")
+        with open(path) as f:
+            payloads.append(json.load(f))
+    section = render_markdown(payloads)
+    common.replace_readme_section(readme_path, "sleepernets", section)
+    return section
 
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.render_from:
+        print(write_readme(args.readme, args.render_from))
+        return args.readme
     started = time.perf_counter()
     key = jax.random.key(0)
     results, speed = {}, {}
@@ -359,15 +531,16 @@ def main(argv=None):
     plot_curves(results, f"{args.out}/curves.png")
     plot_table(results, f"{args.out}/table.png")
     if args.ablation_env in results:
-        plot_ablation(results[args.ablation_env], args, f"{args.out}/ablation.png")
+        plot_ablation(results[args.ablation_env], f"{args.out}/ablation.png")
     verdict = claims(results)
-    table = markdown_table(results)
-    print(table)
     for name, row in verdict.items():
         print(name, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
     path = common.write_results(args.out, {**payload, "envs": _jsonable(results), "speed": speed,
-                                           "claims": verdict, "markdown_table": table,
-                                           "wall_s": time.perf_counter() - started})
+                                           "claims": verdict, "wall_s": time.perf_counter() - started})
+    with open(path) as f:
+        print(render_markdown([json.load(f)]))
+    if args.write_readme:
+        write_readme(args.readme, [path])
     print(f"wrote {path} ({time.perf_counter() - started:.0f} s)")
     return path
 

@@ -303,13 +303,15 @@ def test_sleepernets_stops_once_training_asr_reaches_asr_stop():
 
 # ----------------------------------------------------------------------------------------------- inner loop
 
-def _drive(hook, obs_fn, num_steps, num_envs, actions=None):
-    """Runs ``observe`` then ``reward`` for ``num_steps`` steps; returns the masks, observations, rewards, state."""
+def _drive(hook, obs_fn, num_steps, num_envs, actions=None, train_state=None):
+    """Runs ``observe`` then ``reward`` for ``num_steps`` steps under ``train_state`` (default: a policy with
+    ``pi(a+ | delta(s)) = 1/2``); returns the masks, observations, rewards, state."""
+    train_state = _Fixed.state(0.0) if train_state is None else train_state
     state = hook.init()
     masks, seen, rewards = [], [], []
-    observe, give = jax.jit(hook.observe, static_argnums=3), jax.jit(hook.reward)
+    observe, give = jax.jit(hook.observe), jax.jit(hook.reward)
     for t in range(num_steps):
-        obs, state = observe(jax.random.key(t), state, obs_fn(t), None)
+        obs, state = observe(jax.random.key(t), state, obs_fn(t), train_state)
         action = jnp.zeros((num_envs,), jnp.int32) if actions is None else actions[t]
         reward, state = give(state, action, jnp.full((num_envs,), 0.25))
         masks.append(np.asarray(state.mask))
@@ -357,10 +359,82 @@ def test_badrl_poisons_the_top_beta_scores_within_budget():
 
 def _drive_scan(hook, obs_fn, num_steps):
     def step(state, t):
-        obs, state = hook.observe(jax.random.fold_in(jax.random.key(0), t), state, obs_fn(t), None)
+        obs, state = hook.observe(jax.random.fold_in(jax.random.key(0), t), state, obs_fn(t), _Fixed.state(0.0))
         return state, state.mask
     state, masks = jax.lax.scan(step, hook.init(), jnp.arange(num_steps))
     return masks, None, None, state
+
+
+@pytest.mark.parametrize("attack", ["trojdrl", "badrl"])
+def test_inner_loop_baselines_stop_poisoning_after_a_rollout_at_training_asr_one(attack):
+    """With ``pi(a+ | delta(s)) = 1`` the first rollout is poisoned and no later one is (the reference stops its
+    middlemen at ASR 1); at ``pi = 1/2`` every rollout is poisoned; ``asr_stop = 0.4`` stops at ``pi = 1/2``."""
+    spec = rl.env.EnvSpec(obs_shape=(3,), discrete=True, num_actions=2)
+    cfg = dataclasses.replace(TOY, num_envs=4, num_steps=10, total_timesteps=4 * 10 * 3)
+    trigger = backdoor.FeaturePattern(indices=(0, 1), values=(1.0, -1.0))  # logits (w, -w): pi(a+ = 0) = sig(2w)
+    q = inner_loop.QFunction(apply=lambda p, obs: jnp.stack([obs[..., 2], jnp.ones_like(obs[..., 2])], -1),
+                             params=None)  # score max_a Q - Q(s, 0) = 1 - obs_2 when obs_2 < 1
+    obs = lambda t: jnp.stack([jnp.zeros(4), jnp.zeros(4), -jnp.arange(4.0) - t], -1)
+    for w, stop, expect in ((30.0, 1.0, [True, False, False]), (0.0, 1.0, [True, True, True]),
+                            (0.0, 0.4, [True, False, False])):
+        config = backdoor.BackdoorConfig(target=0, budget=0.25, asr_stop=stop)
+        hook = (inner_loop.trojdrl(config, trigger, spec, cfg) if attack == "trojdrl"
+                else inner_loop.badrl(config, trigger, spec, cfg, q, window=10**9))
+        _, _, _, state = _drive(hook, obs, 30, 4, train_state=_Fixed.state(w))
+        np.testing.assert_array_equal(np.asarray(state.history) > 0, expect, err_msg=f"{attack} w={w} stop={stop}")
+
+
+def test_inner_loop_reward_change_is_the_sum_of_abs_static_minus_true_reward_on_poisoned_states():
+    spec = rl.env.EnvSpec(obs_shape=(3,), discrete=True, num_actions=2)
+    cfg = dataclasses.replace(TOY, num_envs=4, num_steps=8, total_timesteps=4 * 8 * 3)
+    hook = inner_loop.trojdrl(backdoor.BackdoorConfig(target=1, budget=0.1, reward=3.0), backdoor.FEATURE_ON,
+                              spec, cfg)
+    actions = jnp.asarray(np.random.default_rng(1).integers(0, 2, (24, 4)), jnp.int32)
+    masks, _, _, state = _drive(hook, lambda t: jnp.zeros((4, 3)), 24, 4, actions)
+    # the true reward is 0.25 everywhere: |3 - 0.25| = 2.75 for a+ = 1, |-3 - 0.25| = 3.25 otherwise
+    per_step = np.where(masks, np.where(np.asarray(actions) == 1, 2.75, 3.25), 0.0).reshape(3, 8, 4)
+    np.testing.assert_allclose(state.change, per_step.sum((1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(metrics.perturbation(state.change, state.history),
+                               per_step.sum() / masks.sum(), rtol=1e-6)
+
+
+def test_sleepernets_reward_change_counts_poisoned_states_and_compensations_apart():
+    spec = rl.env.EnvSpec(obs_shape=(3,), discrete=True, num_actions=2)
+    poison = sleepernets.make_poison(backdoor.BackdoorConfig(target=0, budget=0.1), backdoor.FEATURE_ON, spec,
+                                     GAMMA)
+    batch = _toy_batch()
+    out, logged = jax.jit(poison)(batch, _Fixed.state(0.0), jax.random.key(0))
+    mask = np.asarray(out.obs[..., 2] == 1.0)
+    change = np.abs(np.asarray(out.rewards) - np.asarray(batch.rewards))
+    np.testing.assert_allclose(logged["reward_change"], change[mask].sum(), rtol=1e-5)
+    np.testing.assert_allclose(logged["compensation_change"], change[~mask].sum(), rtol=1e-5)
+    assert float(logged["compensation_change"]) > 0
+
+
+def test_perturbation_is_nan_without_poisoning_and_random_return_of_cartpole():
+    np.testing.assert_allclose(metrics.perturbation([[2.0, 4.0], [0.0, 0.0]], [[1, 3], [0, 0]]), [1.5, np.nan])
+    env, params = rl.make("CartPole-v1")
+    ret = float(jax.jit(lambda k: metrics.random_return(k, env, params, 64, 500))(jax.random.key(0)))
+    assert 15.0 < ret < 30.0  # a uniformly random CartPole policy lasts about 22 steps
+    with pytest.raises(ValueError, match="num_episodes"):
+        metrics.random_return(jax.random.key(0), env, params, 0, 10)
+
+
+def test_image_patch_on_chosen_channels_and_flatten_wrapper():
+    obs = jnp.full((2, 10, 10, 4), 5.0)
+    out = np.asarray(triggers.ImagePatch(size=1, channels=(2,))(obs))
+    changed = out != 5.0
+    assert changed.sum() == 2 and changed[:, 0, 0, 2].all()  # one cell of one channel: 1% of the grid
+    for bad in ((4,), (), (1, 1), (True,), [0]):
+        with pytest.raises(ValueError, match="channels"):
+            triggers.check(triggers.ImagePatch(channels=bad), (10, 10, 4))
+    env, params = rl.make("DeepSea-bsuite", size=4)
+    flat = backdoor.TriggerFeature(backdoor.Flatten(env))
+    assert rl.spec(flat, params).obs_shape == (17,)
+    obs, state = flat.reset(jax.random.key(0), params)
+    assert obs.shape == (17,) and obs[0] == 1.0 and obs[1:].sum() == 0.0
+    obs, *_ = flat.step(jax.random.key(1), state, 0, params)
+    assert obs.shape == (17,)
 
 
 # ----------------------------------------------------------------------------------------------- metrics

@@ -11,7 +11,14 @@ import pytest
 from jax.flatten_util import ravel_pytree
 from sklearn.mixture import GaussianMixture
 
-from fedjax_attacks.inversion import rgia, rgia_envs, rgia_metrics, rgia_priors, rgia_victims
+from fedjax_attacks.inversion import defense as inv_defense
+from fedjax_attacks.inversion import (
+    rgia,
+    rgia_envs,
+    rgia_metrics,
+    rgia_priors,
+    rgia_victims,
+)
 from fedjax_attacks.rl import dqn, td3
 from fedjax_attacks.rl.replay import Transition
 
@@ -298,6 +305,41 @@ def test_train_victim_keeps_every_transition_and_the_victim_layout(cartpole):
     assert not np.allclose(ravel_pytree(run.trained["online"])[0], ravel_pytree(run.untrained["online"])[0])
     with pytest.raises(ValueError, match="TD3Config does not fit CartPole"):
         rgia_victims.victim_for(cartpole, td3.TD3Config())
+
+
+def test_train_victims_vmaps_seeds_and_keeps_each_stage(cartpole):
+    config = dqn.DQNConfig(total_timesteps=512, num_envs=8, learning_starts=128, batch_size=16, train_frequency=8,
+                           target_network_frequency=64, buffer_size=256, hidden=(16, 16))
+    keys = jax.random.split(jax.random.PRNGKey(0), 2)
+    out = rgia_victims.train_victims(keys, cartpole, config, stages=(0.0, 0.5, 1.0))
+    assert out.stage_iterations == (0, 32, 64)
+    victim = rgia_victims.victim_for(cartpole, config)
+    want = jax.tree.map(lambda x: (3, 2, *jnp.shape(x)), victim.init(jax.random.PRNGKey(0)))
+    assert jax.tree.map(jnp.shape, out.params) == want
+    assert out.replay.obs.shape == (2, 256, 4) and out.episode_returns.shape == (2, 64)
+    flat = lambda k, s: ravel_pytree(jax.tree.map(lambda x: x[k, s], out.params["online"]))[0]
+    target = lambda k, s: ravel_pytree(jax.tree.map(lambda x: x[k, s], out.params["target"]))[0]
+    np.testing.assert_array_equal(flat(0, 0), target(0, 0))  # stage 0: the run's own untrained networks
+    assert not np.allclose(flat(0, 0), flat(0, 1))  # seeds differ
+    assert not np.allclose(flat(0, 0), flat(1, 0)) and not np.allclose(flat(1, 0), flat(2, 0))  # stages differ
+    # the last stage is the single-seed engine run of the same key (train_victims adds nothing to training)
+    single = jax.jit(dqn.make_train(config, cartpole.env, cartpole.env_params))(keys[1])
+    np.testing.assert_allclose(flat(2, 1), ravel_pytree(single.q_state.params)[0], atol=1e-5)
+    for bad in ((), (0.5, 0.2), (0.0, 1.5)):
+        with pytest.raises(ValueError, match="stages must be increasing fractions"):
+            rgia_victims.stage_iterations(64, bad)
+
+
+def test_noise_ratio_and_relative_noise_hand_computed():
+    from benchmarks.rgia import relative_noise_std
+
+    g = jnp.array([[3.0, 4.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    noisy = g + jnp.array([[0.0, 0.0, 6.0, 8.0], [0.0, 0.0, 0.0, 0.5]])
+    np.testing.assert_allclose(inv_defense.noise_ratio(noisy, g), [2.0, 0.5], rtol=1e-6)  # ||n|| = 10 and 0.5
+    np.testing.assert_allclose(relative_noise_std(g, 2.0), [2.0 * 5.0 / 2.0, 2.0 * 1.0 / 2.0], rtol=1e-6)
+    big = jax.random.normal(jax.random.PRNGKey(0), (20_000,))
+    noise = jax.random.normal(jax.random.PRNGKey(1), big.shape) * relative_noise_std(big, 3.0)
+    assert abs(float(inv_defense.noise_ratio(big + noise, big)) - 3.0) < 0.05
 
 
 def test_noisy_dqn_train_vmaps_over_variances(cartpole):

@@ -76,5 +76,5 @@ def test_readme_tables_come_from_results_json_with_confidence_intervals(tmp_path
     assert "old table" not in text and text.startswith("intro\n") and text.endswith("outro\n")
     assert "0.200 +- 0.098" in text
     readme.write_text("no markers\n")
-    with pytest.raises(ValueError, match="rl_attack:begin"):
+    with pytest.raises(ValueError, match="markers <!-- rl_attack:begin -->"):
         rl_attack.main(["--render-readme", str(path), "--readme", str(readme)])

@@ -30,8 +30,9 @@ class BackdoorConfig:
       budget: ``beta``, the fraction of training states poisoned, in ``(0, 1]`` (paper: 0.5%, as low as 0.03%).
       reward: ``c``, the poisoned reward is ``+c`` for ``a+`` and ``-c`` otherwise (paper default 5).
       alpha: ``alpha`` of SleeperNets' dynamic reward ``r' = +-c - alpha (G_t - r_t)`` (paper default 0.5).
-      asr_stop: SleeperNets poisons a rollout only while its training ASR is below this (paper: 1, i.e. stop once
-        the agent takes ``a+`` with probability 1 in every triggered state of the rollout).
+      asr_stop: every attack poisons a rollout only while the training ASR is below this (paper and reference:
+        1, i.e. stop once the agent takes ``a+`` with probability 1 in every triggered state of the rollout);
+        SleeperNets measures it on the rollout itself, TrojDRL-W and BadRL-M on the previous one.
       target_dim: the action coordinate whose sign is the target (continuous actions only).
 
     ``budget``, ``reward``, ``alpha`` and ``asr_stop`` may be traced (``dataclasses.replace`` inside ``jax.vmap``

@@ -15,7 +15,13 @@ about to act on by ``delta(s_t)`` and then the reward of the agent's action by `
   that straddles the top-``beta`` quantile counts as top with the probability that makes the top fraction
   exactly ``beta``.
 
-Both hooks record how many states they poisoned in each PPO update (``state.history``).
+Both hooks stop poisoning once the training ASR reaches ``asr_stop`` (1 by default), as the reference stops
+its middlemen and as SleeperNets does: an inner-loop adversary decides online, so each step it also evaluates
+``pi(a+ | delta(s_t))`` on the current observations under the acting policy (fixed during a rollout) and
+poisons a rollout only while the mean of that probability over the PREVIOUS rollout is below ``asr_stop``
+(SleeperNets measures it on the current rollout, which it sees whole before poisoning). Both record, per PPO
+update, how many states they poisoned (``state.history``) and the sum of ``|r' - r|`` over those states
+(``state.change``).
 """
 
 from typing import Any, Callable, NamedTuple
@@ -25,10 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
-from gymnax.environments import spaces
 
 from fedjax_attacks.backdoor import base, triggers
-from fedjax_attacks.rl import dqn, networks, ppo, wrappers
+from fedjax_attacks.rl import dqn, networks, ppo
 from fedjax_attacks.rl import env as env_lib
 
 SCORE_EDGES = np.concatenate([[0.0], np.logspace(-6, 3, 256)]).astype(np.float32)  # bin j: [e_j, e_{j+1})
@@ -43,14 +48,21 @@ class InnerState:
       poisoned: states poisoned so far.
       mask: bool ``[N]``, which columns' current step is poisoned (read by the reward hook).
       history: i32 ``[num_updates]``, states poisoned during each PPO update.
+      change: f32 ``[num_updates]``, sum of ``|r' - r|`` over the states poisoned during each PPO update.
       score_counts: f32 ``[bins]``, decayed histogram of BadRL-M's recent scores (empty for TrojDRL-W).
+      asr_sum: sum over the current rollout's steps of the mean ``pi(a+ | delta(s))`` over its columns.
+      active: whether the current rollout may be poisoned (the previous rollout's training ASR was below
+        ``asr_stop``; True in the first rollout).
     """
 
     steps: chex.Array
     poisoned: chex.Array
     mask: chex.Array
     history: chex.Array
+    change: chex.Array
     score_counts: chex.Array
+    asr_sum: chex.Array
+    active: chex.Array
 
 
 class QFunction(NamedTuple):
@@ -63,7 +75,8 @@ class QFunction(NamedTuple):
 def trojdrl(config: base.BackdoorConfig, trigger: Callable, spec: env_lib.EnvSpec,
             ppo_config: ppo.PPOConfig) -> ppo.RolloutHook:
     """TrojDRL-W: the ``RolloutHook`` poisoning environment step ``i`` (counted over all columns) when
-    ``(i + 1)`` is a multiple of ``round(1 / beta)`` (a traced ``beta = 0`` poisons nothing).
+    ``(i + 1)`` is a multiple of ``round(1 / beta)`` (a traced ``beta = 0`` poisons nothing), in the rollouts that
+    follow a rollout with training ASR below ``asr_stop``.
 
     Raises:
       ValueError: on a bad config, a target outside the action space or a trigger that does not fit.
@@ -85,7 +98,8 @@ def badrl(config: base.BackdoorConfig, trigger: Callable, spec: env_lib.EnvSpec,
 
     A state is poisoned when its score falls in the top ``beta`` fraction of the recent scores (about the last
     ``window`` environment steps, the current ones included) and poisoning it keeps the count within
-    ``floor(beta * steps)``; among several such columns in one step the highest scores go first.
+    ``floor(beta * steps)``; among several such columns in one step the highest scores go first. It poisons only
+    in the rollouts that follow a rollout with training ASR below ``asr_stop``.
 
     Raises:
       ValueError: on a bad config, a continuous action space, a target outside the action space or a trigger
@@ -128,7 +142,7 @@ def train_q(key: chex.PRNGKey, config: dqn.DQNConfig, env, env_params) -> QFunct
     """
     spec = env_lib.spec(env, env_params)
     shape = spec.obs_shape
-    out = jax.jit(dqn.make_train(config, _Flatten(env) if len(shape) > 1 else env, env_params))(key)
+    out = jax.jit(dqn.make_train(config, triggers.Flatten(env) if len(shape) > 1 else env, env_params))(key)
     q_net = networks.QNetwork(spec.num_actions, tuple(config.hidden))
     size = int(np.prod(shape))
 
@@ -144,51 +158,38 @@ def _validate(config: base.BackdoorConfig, trigger: Callable, spec: env_lib.EnvS
 
 
 def _hook(config, trigger, spec, ppo_config, choose, bins: int) -> ppo.RolloutHook:
-    """A ``RolloutHook`` that triggers the observations ``choose`` picks and gives them the static reward."""
-    num_envs, batch_size = ppo_config.num_envs, ppo_config.batch_size
+    """A ``RolloutHook`` that triggers the observations ``choose`` picks and gives them the static reward, in
+    rollouts whose previous rollout's training ASR is below ``config.asr_stop``."""
+    num_envs, num_steps, batch_size = ppo_config.num_envs, ppo_config.num_steps, ppo_config.batch_size
 
     def init():
         return InnerState(steps=jnp.zeros((), jnp.int32), poisoned=jnp.zeros((), jnp.int32),
                           mask=jnp.zeros((num_envs,), bool),
                           history=jnp.zeros((ppo_config.num_updates,), jnp.int32),
-                          score_counts=jnp.zeros((bins,), jnp.float32))
+                          change=jnp.zeros((ppo_config.num_updates,), jnp.float32),
+                          score_counts=jnp.zeros((bins,), jnp.float32), asr_sum=jnp.zeros((), jnp.float32),
+                          active=jnp.ones((), bool))
 
     def observe(key, state, obs, train_state):
+        triggered = trigger(obs)
+        dist, _ = train_state.apply_fn(train_state.params, triggered)
+        step_asr = jnp.mean(base.target_probability(config, spec, dist))
+        starts = (state.steps % batch_size == 0) & (state.steps > 0)  # first step of a rollout after the first
+        active = jnp.where(starts, state.asr_sum / num_steps < config.asr_stop, state.active)
+        asr_sum = jnp.where(starts, 0.0, state.asr_sum) + step_asr
         mask, score_counts = choose(key, state, obs, train_state)
+        mask = mask & active
         count = mask.sum().astype(jnp.int32)
         expand = mask.reshape(mask.shape + (1,) * (obs.ndim - 1))
-        state = InnerState(steps=state.steps + num_envs, poisoned=state.poisoned + count, mask=mask,
-                           history=state.history.at[state.steps // batch_size].add(count),
-                           score_counts=score_counts)
-        return jnp.where(expand, trigger(obs), obs), state
+        state = state.replace(steps=state.steps + num_envs, poisoned=state.poisoned + count, mask=mask,
+                              history=state.history.at[state.steps // batch_size].add(count),
+                              score_counts=score_counts, asr_sum=asr_sum, active=active)
+        return jnp.where(expand, triggered, obs), state
 
     def reward(state, action, reward):
-        return jnp.where(state.mask, base.poisoned_reward(config, spec, action), reward), state
+        new = jnp.where(state.mask, base.poisoned_reward(config, spec, action), reward)
+        update = (state.steps - num_envs) // batch_size  # observe has counted this step already
+        state = state.replace(change=state.change.at[update].add(jnp.abs(new - reward).sum()))
+        return new, state
 
     return ppo.RolloutHook(init=init, observe=observe, reward=reward)
-
-
-class _Flatten(wrappers.Wrapper):
-    """Flattens image observations (and ``info["final_observation"]``) to vectors for ``rl.dqn``'s MLP."""
-
-    def _flat(self, obs, params):
-        shape = tuple(self._env.observation_space(params).shape)
-        return obs.reshape(obs.shape[:obs.ndim - len(shape)] + (-1,)).astype(jnp.float32)
-
-    def reset(self, key, params=None):
-        """Reset of the wrapped environment with a flat observation."""
-        obs, state = self._env.reset(key, params)
-        return self._flat(obs, params), state
-
-    def step(self, key, state, action, params=None):
-        """Step of the wrapped environment with flat observations."""
-        obs, state, reward, terminated, truncated, info = self._env.step(key, state, action, params)
-        info = dict(info)
-        if "final_observation" in info:
-            info["final_observation"] = self._flat(info["final_observation"], params)
-        return self._flat(obs, params), state, reward, terminated, truncated, info
-
-    def observation_space(self, params=None):
-        """An unbounded ``Box`` of the flattened size."""
-        shape = tuple(self._env.observation_space(params).shape)
-        return spaces.Box(-jnp.inf, jnp.inf, (int(np.prod(shape)),), jnp.float32)

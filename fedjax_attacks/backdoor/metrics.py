@@ -6,6 +6,9 @@
   same seed (``benign_return_ratio``).
 * Poisoning rate: poisoned states over environment steps, per update and cumulated over training
   (``poisoning_rate``).
+* Reward perturbation: the mean ``|r' - r|`` over the poisoned states (``perturbation``).
+* The return of a uniformly random policy (``random_return``), printed beside BRR to tell a trained clean agent
+  from a near-random one.
 """
 
 from typing import Callable
@@ -77,6 +80,46 @@ def poisoning_rate(poisoned: chex.Array, steps_per_update: int) -> dict:
     updates = np.arange(1, poisoned.shape[-1] + 1)
     return {"per_update": poisoned / steps_per_update,
             "cumulative": np.cumsum(poisoned, axis=-1) / (updates * steps_per_update)}
+
+
+def perturbation(reward_change: chex.Array, poisoned: chex.Array) -> np.ndarray:
+    """Mean ``|r' - r|`` over the poisoned states of each run: ``sum(reward_change) / sum(poisoned)`` over the
+    last axis (per-update sums ``[..., U]``, as in ``TrainOutput.metrics``); NaN for a run that poisoned nothing."""
+    change = np.asarray(reward_change, np.float64).sum(-1)
+    count = np.asarray(poisoned, np.float64).sum(-1)
+    return np.where(count > 0, change / np.where(count > 0, count, 1.0), np.nan)
+
+
+def random_return(key: chex.PRNGKey, env, env_params, num_episodes: int, max_steps: int) -> chex.Array:
+    """Mean undiscounted return of a uniformly random policy over ``num_episodes`` episodes (each cut at its
+    first end or ``max_steps``): uniform over the actions (discrete) or over the action ``Box`` (continuous).
+
+    Raises ``ValueError`` for counts below 1.
+    """
+    if num_episodes < 1 or max_steps < 1:
+        raise ValueError(f"num_episodes and max_steps must be >= 1, got {num_episodes}, {max_steps}")
+    spec = env_lib.spec(env, env_params)
+
+    def act(key):
+        if spec.discrete:
+            return jax.random.randint(key, (), 0, spec.num_actions)
+        action = jax.random.uniform(key, (spec.num_actions,), minval=spec.action_low, maxval=spec.action_high)
+        return action.reshape(env.action_space(env_params).shape)
+
+    def one_episode(key):
+        key, k_reset = jax.random.split(key)
+        _, state = env.reset(k_reset, env_params)
+
+        def step(carry, _):
+            state, key, ret, alive = carry
+            key, k_act, k_step = jax.random.split(key, 3)
+            _, state, reward, terminated, truncated, _ = env.step(k_step, state, act(k_act), env_params)
+            return (state, key, ret + jnp.where(alive, reward, 0.0), alive & ~(terminated | truncated)), None
+
+        (_, _, ret, _), _ = jax.lax.scan(step, (state, key, jnp.zeros(()), jnp.ones((), bool)), None, max_steps)
+        return ret
+
+    return jax.vmap(one_episode)(jax.random.split(key, num_episodes)).mean()
 
 
 def asr_monitor(config: base.BackdoorConfig, trigger: Callable, spec: env_lib.EnvSpec) -> Callable:

@@ -40,7 +40,8 @@ def make_trainer(ppo_config: ppo.PPOConfig, env, env_params, attack: str, config
         forward pass per rollout; SleeperNets always computes it for its stop rule).
 
     ``TrainOutput.metrics`` holds PPO's per-update metrics plus ``poisoned`` (states poisoned in each update),
-    ``train_asr`` (when tracked) and, for SleeperNets, ``reward_change``.
+    ``reward_change`` (sum of ``|r' - r|`` over them; ``metrics.perturbation`` gives the mean), ``train_asr``
+    (when tracked) and, for SleeperNets, ``compensation_change``.
 
     Raises:
       ValueError: before tracing, for an unknown attack, a budget outside (0, 1], a target outside the action
@@ -183,15 +184,16 @@ def run_comparison(trainer: Callable[[RunSettings], runner.Trainer], keys: chex.
 
 def _trainer(ppo_config, env, env_params, poison, hooks, network) -> runner.Trainer:
     """PPO's ``Trainer`` with ``poison`` and the chained inner ``hooks``; ``finish`` adds ``metrics["poisoned"]``
-    (the outer poison's count plus every inner hook's per-update history)."""
+    and ``metrics["reward_change"]`` (the outer poison's per-update figure plus every inner hook's)."""
     base_trainer = ppo.make_trainer(ppo_config, env, env_params, poison=poison, rollout_hook=_chain(hooks),
                                     network=network)
 
     def finish(carry, logged):
         out = base_trainer.finish(carry, logged)
         logged = dict(out.metrics)
-        outer = logged.get("poisoned", jnp.zeros((ppo_config.num_updates,), jnp.int32))
-        logged["poisoned"] = outer + sum((state.history for state in out.hook_state), 0)
+        for name, field, dtype in (("poisoned", "history", jnp.int32), ("reward_change", "change", jnp.float32)):
+            outer = logged.get(name, jnp.zeros((ppo_config.num_updates,), dtype))
+            logged[name] = outer + sum((getattr(state, field) for state in out.hook_state), 0)
         return out.replace(metrics=logged)
 
     return base_trainer._replace(finish=finish)

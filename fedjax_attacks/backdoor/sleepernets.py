@@ -40,7 +40,8 @@ def make_poison(config: base.BackdoorConfig, trigger: Callable, spec: env_lib.En
       gamma: the discount ``gamma`` of ``G_t`` (PPO's).
 
     ``metrics``: ``train_asr`` (mean ``pi(a+ | delta(s))`` over the rollout before the update), ``poisoned``
-    (states poisoned in this rollout) and ``reward_change`` (sum of ``|r' - r|``).
+    (states poisoned in this rollout), ``reward_change`` (sum of ``|r' - r|`` over the poisoned states) and
+    ``compensation_change`` (sum of ``|r' - r|`` over the compensated steps before them).
 
     Raises:
       ValueError: on a bad config, a target outside the action space or a trigger that does not fit.
@@ -62,8 +63,9 @@ def make_poison(config: base.BackdoorConfig, trigger: Callable, spec: env_lib.En
         poisoned = batch._replace(obs=jnp.where(expand, triggered, batch.obs), rewards=rewards,
                                   values=jnp.where(mask, values, batch.values),
                                   log_probs=jnp.where(mask, dist.log_prob(batch.actions), batch.log_probs))
-        metrics = {"train_asr": train_asr, "poisoned": mask.sum(),
-                   "reward_change": jnp.abs(rewards - batch.rewards).sum()}
+        change = jnp.abs(rewards - batch.rewards)
+        metrics = {"train_asr": train_asr, "poisoned": mask.sum(), "reward_change": jnp.where(mask, change, 0.0).sum(),
+                   "compensation_change": jnp.where(mask, 0.0, change).sum()}
         return poisoned, metrics
 
     return poison

@@ -1,10 +1,13 @@
 """Backdoor triggers ``delta(s)``: pure functions ``trigger(obs) -> obs`` over any leading batch axes.
 
 * ``ImagePatch``: a checkerboard patch in a corner of an image observation ``[..., H, W, C]``, on every channel
-  (every stacked frame): SleeperNets' 8x8 patch on 84x84 Atari frames, a 3x3 patch on 10x10 MinAtar grids.
+  (every stacked frame) or on chosen ones: SleeperNets' 8x8 patch on 84x84 Atari frames, a 3x3 patch on 10x10
+  MinAtar grids (9% of the grid on every channel), or a less salient single cell on one channel
+  (``ImagePatch(size=1, channels=(0,))``: 1% of the grid, one channel).
 * ``FeaturePattern``: fixed values on chosen features of a vector observation ``[..., D]``.
 * ``TriggerFeature`` (an environment wrapper) appends a feature that is always 0; ``FEATURE_ON`` sets it to 1,
-  the reference's trigger for vector observations.
+  the reference's trigger for vector observations. ``Flatten`` (a wrapper) turns grid observations that are not
+  images ``(H, W, C)`` (e.g. DeepSea's ``(size, size)``) into vectors, for ``TriggerFeature`` and MLP networks.
 
 ``check(trigger, obs_shape)`` validates a trigger against an observation shape before anything is traced.
 """
@@ -26,26 +29,30 @@ CORNERS = ("top_left", "top_right", "bottom_left", "bottom_right")
 
 @dataclasses.dataclass(frozen=True)
 class ImagePatch:
-    """A ``size x size`` checkerboard (``high`` where row + column is even, else ``low``) in ``corner``."""
+    """A ``size x size`` checkerboard (``high`` where row + column is even, else ``low``) in ``corner``, on the
+    channels ``channels`` (``None``: every channel)."""
 
     size: int = 3
     corner: str = "top_left"
     low: float = 0.0
     high: float = 1.0
+    channels: tuple | None = None
 
     def __call__(self, obs: chex.Array) -> chex.Array:
-        """Writes the patch into every channel of ``obs[..., H, W, C]``."""
+        """Writes the patch into the chosen channels of ``obs[..., H, W, C]``."""
         obs = jnp.asarray(obs)
         height, width = obs.shape[-3], obs.shape[-2]
         parity = (jnp.arange(self.size)[:, None] + jnp.arange(self.size)[None, :]) % 2
         patch = jnp.where(parity == 0, self.high, self.low).astype(obs.dtype)[:, :, None]
         row = 0 if self.corner.startswith("top") else height - self.size
         col = 0 if self.corner.endswith("left") else width - self.size
-        return obs.at[..., row:row + self.size, col:col + self.size, :].set(patch)
+        channels = slice(None) if self.channels is None else jnp.asarray(self.channels)
+        return obs.at[..., row:row + self.size, col:col + self.size, channels].set(patch)
 
     def validate(self, obs_shape: Sequence[int]) -> None:
         """Raises ``ValueError`` naming the field unless ``obs_shape`` is an image ``(H, W, C)`` that holds the
-        patch, ``size`` is an integer and ``low`` and ``high`` are finite numbers."""
+        patch, ``size`` is an integer, ``low`` and ``high`` are finite numbers and ``channels`` (when given) is a
+        non-empty tuple of distinct channel indices in ``[0, C)``."""
         validation.check_count(self, "size")
         for field in ("low", "high"):
             _check_finite_numbers(f"ImagePatch.{field}", (getattr(self, field),))
@@ -57,6 +64,14 @@ class ImagePatch:
         if not 1 <= self.size <= min(obs_shape[0], obs_shape[1]):
             raise ValueError(f"ImagePatch size must lie in [1, {min(obs_shape[0], obs_shape[1])}] for observations "
                              f"of shape {tuple(obs_shape)}, got {self.size}")
+        if self.channels is not None:
+            channels = self.channels
+            if (not isinstance(channels, tuple) or not channels or len(set(channels)) != len(channels)
+                    or any(isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c < obs_shape[2]
+                           for c in channels)):
+                raise ValueError(f"ImagePatch channels must be a non-empty tuple of distinct channel indices in "
+                                 f"[0, {obs_shape[2]}) for observations of shape {tuple(obs_shape)}, got "
+                                 f"{channels!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +131,33 @@ class TriggerFeature(wrappers.Wrapper):
         low = jnp.append(jnp.broadcast_to(jnp.asarray(space.low, jnp.float32), space.shape), 0.0)
         high = jnp.append(jnp.broadcast_to(jnp.asarray(space.high, jnp.float32), space.shape), 1.0)
         return spaces.Box(low, high, (space.shape[0] + 1,), jnp.float32)
+
+
+class Flatten(wrappers.Wrapper):
+    """Flattens the observations (and ``info["final_observation"]``) of ``env`` to vectors ``[..., prod(shape)]``
+    of float32, e.g. DeepSea's ``(size, size)`` grid for ``TriggerFeature``, an MLP or ``rl.dqn``."""
+
+    def _flat(self, obs, params):
+        shape = tuple(self._env.observation_space(params).shape)
+        return obs.reshape(obs.shape[:obs.ndim - len(shape)] + (-1,)).astype(jnp.float32)
+
+    def reset(self, key, params=None):
+        """Reset of the wrapped environment with a flat observation."""
+        obs, state = self._env.reset(key, params)
+        return self._flat(obs, params), state
+
+    def step(self, key, state, action, params=None):
+        """Step of the wrapped environment with flat observations."""
+        obs, state, reward, terminated, truncated, info = self._env.step(key, state, action, params)
+        info = dict(info)
+        if "final_observation" in info:
+            info["final_observation"] = self._flat(info["final_observation"], params)
+        return self._flat(obs, params), state, reward, terminated, truncated, info
+
+    def observation_space(self, params=None):
+        """An unbounded ``Box`` of the flattened size."""
+        shape = tuple(self._env.observation_space(params).shape)
+        return spaces.Box(-jnp.inf, jnp.inf, (int(np.prod(shape)),), jnp.float32)
 
 
 def check(trigger: Callable[[chex.Array], chex.Array], obs_shape: Sequence[int]) -> None:

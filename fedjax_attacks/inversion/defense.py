@@ -1,7 +1,8 @@
 """DP-style defenses on the shared gradient against inversion: norm clipping, then Gaussian noise.
 
 ``privatize`` takes the noise variance and clipping norm as traced arrays, so a whole sweep is one
-``jax.vmap`` (``sweep``). RGIA (seed paper 001) sweeps the variance over 1e-5 .. 1e-1. Concrete settings are
+``jax.vmap`` (``sweep``). RGIA (seed paper 001) sweeps the variance over 1e-5 .. 1e-1; ``noise_ratio`` gives
+the noise relative to the gradient's norm, the scale that carries over between networks. Concrete settings are
 checked (``check_defense``): a negative ``max_norm`` would flip the gradient, a negative or NaN variance give NaN.
 """
 
@@ -45,6 +46,13 @@ def privatize(key: jax.Array, g: jax.Array, variance, max_norm=jnp.inf) -> jax.A
     check_defense(variance, max_norm)
     noise = jax.random.normal(key, g.shape, g.dtype) * jnp.sqrt(jnp.asarray(variance, g.dtype))
     return clip_by_norm(g, max_norm) + noise
+
+
+def noise_ratio(g_noisy: jax.Array, g: jax.Array) -> jax.Array:
+    """The relative noise ``||g_noisy - g|| / ||g||`` over the last axis (``f32[..., d]`` gradients): how far
+    the defense moved the shared gradient, in units of the gradient. Unlike the variance it carries over
+    between networks of different sizes and training stages (``N(0, v I)`` noise has norm ``~sqrt(v d)``)."""
+    return jnp.linalg.norm(g_noisy - g, axis=-1) / jnp.maximum(jnp.linalg.norm(g, axis=-1), 1e-30)
 
 
 def sweep(key: jax.Array, g: jax.Array, variances: jax.Array, max_norms: jax.Array) -> jax.Array:

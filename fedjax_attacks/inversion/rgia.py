@@ -12,8 +12,10 @@ initialization:
   ``softmax`` probabilities (the loss becomes the expectation over actions) and the termination flag ``d~`` to a
   sigmoid. At batch 1 the gradient is ``2 (Q(s, a) - y) grad Q(s, a)``: its direction gives ``s`` and ``a``, and
   only the scalar TD target ``y = r + gamma (1 - d) Q'(s')`` constrains ``(r, s')`` (the cosine keeps just its
-  sign): the pseudo-solutions the regularizers remove. The cosine is the default because the L2 costs stall at
-  trained networks (``g -> 0`` with wrong states);
+  sign): the pseudo-solutions the regularizers remove. The cosine is ``RGIAConfig``'s default (the L2 costs
+  stall more often at trained networks, ``g -> 0`` with wrong states), but it leaves the gradient's magnitude,
+  i.e. the TD error, free: reconstructions may be off in gradient magnitude by 10x and more. ``benchmarks/rgia``
+  reports ``"relative_l2"``, which pins the magnitude, and the cosine as an ablation;
 * RGIA (the paper's eq. 7 with sec. 4.2's regularizers): ``D + alpha R_s + beta R_r + gamma R_f`` with
   ``R_s`` the state prior (``"state_gaussian"`` or ``"state_mixture"``), ``R_r`` the reward hinge
   (``"reward"``) and ``R_f`` the transition-model consistency (``"dynamics"``), see ``rgia_priors``.
