@@ -2,7 +2,8 @@
 
 Subpackages: ``data`` (datasets, client partitions), ``models`` (flax models with flat parameters),
 ``aggregators`` (robust aggregation), ``attacks`` (model poisoning), ``fl`` (the jitted FL simulation),
-``inversion`` (gradient inversion), ``rl`` (functional RL), ``frl`` (federated RL: ByzPG / DecByzPG).
+``inversion`` (gradient inversion), ``rgia`` (gradient inversion in federated RL), ``rl`` (functional RL),
+``frl`` (federated RL: ByzPG / DecByzPG).
 """
 
 __version__ = "0.1.0"

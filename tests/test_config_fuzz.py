@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 
 from fedjax_attacks import data, fl, frl, models
 from fedjax_attacks import backdoor
+from fedjax_attacks import rgia
 from fedjax_attacks import rl_attack as ra
-from fedjax_attacks.inversion import rgia
 from fedjax_attacks.rl import dqn, env as env_lib, ppo, td3
 
 _QUIET = dict(deadline=None, suppress_health_check=list(HealthCheck))

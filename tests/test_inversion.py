@@ -1,6 +1,9 @@
 """Tests for fedjax_attacks.inversion: losses, label inference, the optimizer loop, FL view, metrics, defense."""
 
 import itertools
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +17,17 @@ from fedjax_attacks import data, models
 from fedjax_attacks import inversion as inv
 from fedjax_attacks.inversion import metrics
 from fedjax_attacks.inversion.optimize import step_decay_schedule
+
+
+def test_importing_inversion_loads_neither_gymnax_nor_sklearn():
+    """Image gradient inversion needs no RL environments and no scikit-learn: RGIA, which does, lives in
+    ``fedjax_attacks.rgia``; a fresh interpreter importing ``fedjax_attacks.inversion`` leaves both unloaded."""
+    code = ("import sys, fedjax_attacks.inversion; "
+            "print(sorted(m for m in ('gymnax', 'sklearn') if m in sys.modules))")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,11 @@
 """Tests for RGIA (seed paper 001): victims' losses against the RL engine's, the attacker's priors, the metrics
-against plain references, the environments' true steps, the attack itself, the victims' training, bad input."""
+against plain references, the environments' true steps, the attack itself, the victims' training, the
+experiment's statistics and floors, bad input."""
 
 import itertools
+import types
 import warnings
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -11,19 +14,13 @@ import pytest
 from jax.flatten_util import ravel_pytree
 from sklearn.mixture import GaussianMixture
 
+from fedjax_attacks import rgia
 from fedjax_attacks.inversion import defense as inv_defense
-from fedjax_attacks.inversion import (
-    rgia,
-    rgia_envs,
-    rgia_metrics,
-    rgia_priors,
-    rgia_victims,
-)
 from fedjax_attacks.rl import dqn, td3
 from fedjax_attacks.rl.replay import Transition
 
 
-def random_transitions(env: rgia_envs.RGIAEnv, key, n):
+def random_transitions(env: rgia.envs.RGIAEnv, key, n):
     """``n`` transitions of a uniformly random policy (one environment, auto-reset)."""
 
     def step(carry, k):
@@ -43,7 +40,7 @@ def random_transitions(env: rgia_envs.RGIAEnv, key, n):
 
 @pytest.fixture(scope="module")
 def cartpole():
-    return rgia_envs.make_env("CartPole-v1")
+    return rgia.envs.make_env("CartPole-v1")
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +51,7 @@ def cartpole_data(cartpole):
 @pytest.fixture(scope="module")
 def cartpole_prior(cartpole_data):
     prior_data = jax.tree.map(lambda x: x[:600], cartpole_data)
-    return rgia_priors.fit_prior(jax.random.PRNGKey(1), prior_data, discrete=True, num_actions=2)
+    return rgia.priors.fit_prior(jax.random.PRNGKey(1), prior_data, discrete=True, num_actions=2)
 
 
 def one_batch(data, start, size):
@@ -124,7 +121,7 @@ def test_attacker_gradient_reaches_reward_and_next_state_where_engine_loss_does_
 def test_state_prior_log_prob_matches_sklearn(covariance_type):
     rng = np.random.default_rng(0)
     u = np.concatenate([rng.normal(size=(100, 3)), rng.normal(size=(100, 3)) * 0.5 + 3.0])
-    prior = rgia_priors.fit_state_prior(u, 2, covariance_type, reg_covar=1e-2)
+    prior = rgia.priors.fit_state_prior(u, 2, covariance_type, reg_covar=1e-2)
     gm = GaussianMixture(2, covariance_type=covariance_type, reg_covar=1e-2, random_state=0).fit(u)
     np.testing.assert_allclose(jax.vmap(prior.log_prob)(jnp.asarray(u[:20], jnp.float32)), gm.score_samples(u[:20]),
                                rtol=1e-4, atol=1e-4)
@@ -153,7 +150,7 @@ def test_transition_model_learns_cartpole_dynamics(cartpole_prior, cartpole_data
 
 
 def test_prior_split_is_a_disjoint_partition():
-    prior, rest = rgia_priors.prior_split(jax.random.PRNGKey(0), 10_000)
+    prior, rest = rgia.priors.prior_split(jax.random.PRNGKey(0), 10_000)
     assert len(prior) == 30 and len(rest) == 9_970
     assert sorted(np.concatenate([prior, rest]).tolist()) == list(range(10_000))
 
@@ -169,16 +166,16 @@ def _batch(obs, action, reward, next_obs):
 def test_match_mse_and_ra_hand_computed():
     truth = _batch([[0.0, 0.0], [5.0, 5.0]], [0, 1], [1.0, 0.0], [[0.0, 1.0], [5.0, 6.0]])
     recon = _batch([[5.0, 5.05], [0.3, 0.0]], [1, 1], [0.0, 1.0], [[5.0, 6.0], [0.0, 1.0]])
-    rec = rgia_metrics.matched(recon, truth, True, 2)
+    rec = rgia.metrics.matched(recon, truth, True, 2)
     np.testing.assert_allclose(rec.obs, [[0.3, 0.0], [5.0, 5.05]])
     # vectors [s, onehot a, r, s'] (7 components): errors 0.3 and 1, 1 (action 1 vs 0) | 0.05
     expected = (0.09 + 1 + 1 + 0.0025) / 14
-    assert float(rgia_metrics.mse(rec, truth, True, 2)) == pytest.approx(expected, rel=1e-5)
-    ra = rgia_metrics.reconstruction_accuracy(rec, truth, True, tol=0.1)
+    assert float(rgia.metrics.mse(rec, truth, True, 2)) == pytest.approx(expected, rel=1e-5)
+    ra = rgia.metrics.reconstruction_accuracy(rec, truth, True, tol=0.1)
     # s: 3 of 4 within 0.1; a: 1 of 2; r: 2 of 2; s': 2 of 2
     assert {k: round(float(v), 4) for k, v in ra.items()} == {"ra": round((0.75 + 0.5 + 1 + 1) / 4, 4), "s": 0.75,
                                                              "a": 0.5, "r": 1.0, "s2": 1.0}
-    wide = rgia_metrics.reconstruction_accuracy(rec, truth, True, tol=0.1, state_scale=jnp.array([3.0, 1.0]))
+    wide = rgia.metrics.reconstruction_accuracy(rec, truth, True, tol=0.1, state_scale=jnp.array([3.0, 1.0]))
     assert float(wide["s"]) == 1.0
 
 
@@ -188,11 +185,11 @@ def test_dispersion_consistency_and_gme_against_loops():
     mean = x.mean(0)
     ed = np.mean([np.linalg.norm(xi - mean) for xi in x])
     cd = np.mean([np.linalg.norm(x[i] - x[j]) for i, j in itertools.combinations(range(5), 2)])
-    assert float(rgia_metrics.euclidean_dispersion(jnp.asarray(x))) == pytest.approx(ed, rel=1e-5)
-    assert float(rgia_metrics.consistency_distance(jnp.asarray(x))) == pytest.approx(cd, rel=1e-5)
-    assert float(rgia_metrics.consistency_distance(jnp.asarray(x[:1]))) == 0.0
+    assert float(rgia.metrics.euclidean_dispersion(jnp.asarray(x))) == pytest.approx(ed, rel=1e-5)
+    assert float(rgia.metrics.consistency_distance(jnp.asarray(x))) == pytest.approx(cd, rel=1e-5)
+    assert float(rgia.metrics.consistency_distance(jnp.asarray(x[:1]))) == 0.0
     g, g_bar = jnp.array([1.0, 2.0]), jnp.array([1.0, 0.0])
-    assert float(rgia_metrics.gradient_matching_error(g, g_bar)) == pytest.approx(4.0)
+    assert float(rgia.metrics.gradient_matching_error(g, g_bar)) == pytest.approx(4.0)
 
 
 def test_silhouette_separates_tight_clusters_from_scatter():
@@ -201,8 +198,8 @@ def test_silhouette_separates_tight_clusters_from_scatter():
     centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
     tight = centres[labels] + 0.1 * rng.normal(size=(24, 2))
     scatter = centres[labels] + 20.0 * rng.normal(size=(24, 2))
-    assert rgia_metrics.silhouette(tight, labels) > 0.9 > 0.2 > rgia_metrics.silhouette(scatter, labels)
-    assert np.isnan(rgia_metrics.silhouette(tight, np.zeros(24)))
+    assert rgia.metrics.silhouette(tight, labels) > 0.9 > 0.2 > rgia.metrics.silhouette(scatter, labels)
+    assert np.isnan(rgia.metrics.silhouette(tight, np.zeros(24)))
 
 
 # ---------------------------------------------------------------- environments: the real step from an observation
@@ -211,7 +208,7 @@ def test_silhouette_separates_tight_clusters_from_scatter():
 @pytest.mark.parametrize("name", ["CartPole-v1", "FrozenLake-misc",
                                   pytest.param("Pong-misc", marks=pytest.mark.slow)])
 def test_true_step_reproduces_environment_transitions(name):
-    env = rgia_envs.make_env(name)
+    env = rgia.envs.make_env(name)
     data = random_transitions(env, jax.random.PRNGKey(3), 60)
     assert data.obs.shape == (60, env.obs_dim)
     te = jax.vmap(lambda k, s, a, s2: jnp.max(jnp.abs(env.true_step(k, s, a) - s2)))(
@@ -225,16 +222,16 @@ def test_true_step_reproduces_environment_transitions(name):
 def test_transition_error_of_true_data_is_zero_and_of_shuffled_data_is_not(cartpole, cartpole_data):
     batch = one_batch(cartpole_data, 100, 16)
     key = jax.random.PRNGKey(0)
-    assert float(rgia_metrics.transition_error(cartpole.true_step, key, batch)) == pytest.approx(0.0, abs=1e-6)
+    assert float(rgia.metrics.transition_error(cartpole.true_step, key, batch)) == pytest.approx(0.0, abs=1e-6)
     shuffled = batch._replace(next_obs=batch.next_obs[::-1])
-    assert float(rgia_metrics.transition_error(cartpole.true_step, key, shuffled)) > 0.05
+    assert float(rgia.metrics.transition_error(cartpole.true_step, key, shuffled)) > 0.05
 
 
 @pytest.mark.slow
 def test_brax_true_step_reproduces_hopper_transitions():
-    env = rgia_envs.make_env("brax:hopper", episode_length=50)
+    env = rgia.envs.make_env("brax:hopper", episode_length=50)
     data = random_transitions(env, jax.random.PRNGKey(3), 30)
-    te = rgia_metrics.transition_error(env.true_step, jax.random.PRNGKey(0), data)
+    te = rgia.metrics.transition_error(env.true_step, jax.random.PRNGKey(0), data)
     assert float(te) < 1e-4
 
 
@@ -281,7 +278,7 @@ def test_td3_attack_recovers_state_and_action_at_batch_one():
     k = jax.random.split(jax.random.PRNGKey(1), 4)
     data = Transition(jax.random.normal(k[0], (40, 3)), jax.random.uniform(k[1], (40, 2), minval=-0.9, maxval=0.9),
                       jax.random.uniform(k[2], (40,)), jax.random.normal(k[3], (40, 3)), jnp.zeros(40, bool))
-    prior = rgia_priors.fit_prior(jax.random.PRNGKey(2), data, discrete=False, num_actions=2, dynamics_steps=50)
+    prior = rgia.priors.fit_prior(jax.random.PRNGKey(2), data, discrete=False, num_actions=2, dynamics_steps=50)
     truth = one_batch(data, 0, 1)
     key = jax.random.PRNGKey(3)
     g_bar = victim.gradient(params, truth, key)
@@ -297,23 +294,23 @@ def test_td3_attack_recovers_state_and_action_at_batch_one():
 def test_train_victim_keeps_every_transition_and_the_victim_layout(cartpole):
     config = dqn.DQNConfig(total_timesteps=512, num_envs=8, learning_starts=128, batch_size=16, train_frequency=8,
                            target_network_frequency=64, hidden=(16, 16))
-    run = rgia_victims.train_victim(jax.random.PRNGKey(0), cartpole, config)
-    victim = rgia_victims.victim_for(cartpole, config)
+    run = rgia.victims.train_victim(jax.random.PRNGKey(0), cartpole, config)
+    victim = rgia.victims.victim_for(cartpole, config)
     assert run.replay.obs.shape == (512, 4) and run.episode_returns.shape == (64,)
     want = jax.tree.map(jnp.shape, victim.init(jax.random.PRNGKey(0)))
     assert jax.tree.map(jnp.shape, run.trained) == want == jax.tree.map(jnp.shape, run.untrained)
     assert not np.allclose(ravel_pytree(run.trained["online"])[0], ravel_pytree(run.untrained["online"])[0])
     with pytest.raises(ValueError, match="TD3Config does not fit CartPole"):
-        rgia_victims.victim_for(cartpole, td3.TD3Config())
+        rgia.victims.victim_for(cartpole, td3.TD3Config())
 
 
 def test_train_victims_vmaps_seeds_and_keeps_each_stage(cartpole):
     config = dqn.DQNConfig(total_timesteps=512, num_envs=8, learning_starts=128, batch_size=16, train_frequency=8,
                            target_network_frequency=64, buffer_size=256, hidden=(16, 16))
     keys = jax.random.split(jax.random.PRNGKey(0), 2)
-    out = rgia_victims.train_victims(keys, cartpole, config, stages=(0.0, 0.5, 1.0))
+    out = rgia.victims.train_victims(keys, cartpole, config, stages=(0.0, 0.5, 1.0))
     assert out.stage_iterations == (0, 32, 64)
-    victim = rgia_victims.victim_for(cartpole, config)
+    victim = rgia.victims.victim_for(cartpole, config)
     want = jax.tree.map(lambda x: (3, 2, *jnp.shape(x)), victim.init(jax.random.PRNGKey(0)))
     assert jax.tree.map(jnp.shape, out.params) == want
     assert out.replay.obs.shape == (2, 256, 4) and out.episode_returns.shape == (2, 64)
@@ -327,11 +324,11 @@ def test_train_victims_vmaps_seeds_and_keeps_each_stage(cartpole):
     np.testing.assert_allclose(flat(2, 1), ravel_pytree(single.q_state.params)[0], atol=1e-5)
     for bad in ((), (0.5, 0.2), (0.0, 1.5)):
         with pytest.raises(ValueError, match="stages must be increasing fractions"):
-            rgia_victims.stage_iterations(64, bad)
+            rgia.victims.stage_iterations(64, bad)
 
 
 def test_noise_ratio_and_relative_noise_hand_computed():
-    from benchmarks.rgia import relative_noise_std
+    relative_noise_std = rgia.experiment.relative_noise_std
 
     g = jnp.array([[3.0, 4.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
     noisy = g + jnp.array([[0.0, 0.0, 6.0, 8.0], [0.0, 0.0, 0.0, 0.5]])
@@ -345,11 +342,69 @@ def test_noise_ratio_and_relative_noise_hand_computed():
 def test_noisy_dqn_train_vmaps_over_variances(cartpole):
     config = dqn.DQNConfig(total_timesteps=256, num_envs=8, learning_starts=64, batch_size=16, train_frequency=8,
                            target_network_frequency=64, hidden=(8,))
-    train = rgia_victims.make_noisy_dqn_train(config, cartpole)
+    train = rgia.victims.make_noisy_dqn_train(config, cartpole)
     params, returns = jax.jit(jax.vmap(train, in_axes=(None, 0)))(jax.random.PRNGKey(0), jnp.array([0.0, 1.0]))
     assert returns.shape == (2, 32)
     flat = jax.vmap(lambda p: ravel_pytree(p)[0])(params)
     assert float(jnp.max(jnp.abs(flat[0] - flat[1]))) > 1e-3  # Adam steps stay ~lr; the noise turns them
+
+
+# ---------------------------------------------------------------- the experiment: statistics and floors
+
+
+def test_cluster_ci_resamples_victims_not_just_targets():
+    same = rgia.experiment.cluster_ci(np.full((3, 8), 0.7), num_resamples=200)
+    assert same == {"mean": pytest.approx(0.7), "lo": pytest.approx(0.7), "hi": pytest.approx(0.7)}
+    # seeds at 0, 1, 2 with no spread within a seed: pooling the 96 values as independent would give a
+    # narrow interval (std 0.82 / sqrt(96) ~ 0.08); resampling the 3 seeds spans most of [0, 2]
+    x = np.repeat(np.arange(3.0)[:, None], 32, axis=1)
+    ci = rgia.experiment.cluster_ci(x, num_resamples=4000)
+    assert ci["mean"] == pytest.approx(1.0) and ci["lo"] <= 0.34 and ci["hi"] >= 1.66
+    # within-seed spread still counts: targets are resampled inside each seed
+    y = np.stack([np.r_[np.zeros(16), np.ones(16)]] * 3)
+    ci = rgia.experiment.cluster_ci(y, num_resamples=4000)
+    assert 0.3 < ci["lo"] < 0.45 and 0.55 < ci["hi"] < 0.7
+    with pytest.raises(ValueError, match="values must be f\\[seeds, targets\\]"):
+        rgia.experiment.cluster_ci(np.zeros(5))
+
+
+class PriorStub(NamedTuple):
+    """The fields of ``rgia.priors.Prior`` the prior-mean guess reads."""
+
+    state_mean: jax.Array
+    reward_low: jax.Array
+    reward_high: jax.Array
+
+
+def test_prior_mean_floor_hand_computed():
+    # one victim, two 1-tuple targets in 2-D states, 2 actions; prior: mean state (1, 0), rewards in [0, 2],
+    # actions mostly 1
+    prior = PriorStub(jnp.array([1.0, 0.0]), jnp.float32(0.0), jnp.float32(2.0))
+    stack = lambda tree: jax.tree.map(lambda x: x[None], tree)
+    prior_data = Transition(jnp.zeros((3, 2)), jnp.array([1, 1, 0]), jnp.zeros(3), jnp.zeros((3, 2)),
+                            jnp.zeros(3, bool))
+    truth = Transition(jnp.array([[[1.05, 0.5]], [[3.0, 0.0]]]), jnp.array([[1], [0]]), jnp.array([[1.0], [0.5]]),
+                       jnp.array([[[1.0, 0.0]], [[1.0, 0.08]]]), jnp.zeros((2, 1), bool))
+    setup = types.SimpleNamespace(env=types.SimpleNamespace(discrete=True, num_actions=2), prior=stack(prior),
+                                  prior_data=stack(prior_data), state_scale=jnp.ones((1, 2)),
+                                  reward_scale=jnp.ones((1,)))
+    out = rgia.experiment.prior_mean_scores(setup, stack(truth), types.SimpleNamespace(tolerance=0.1))
+    # guess: s = s' = (1, 0), a = 1, r = 1. Target 0: s 1 of 2 within 0.1, a right, r right, s' 2 of 2;
+    # target 1: s 1 of 2, a wrong, r off by 0.5, s' 2 of 2 (0.08 <= 0.1)
+    np.testing.assert_allclose(out["s"], [[0.5, 0.5]])
+    np.testing.assert_allclose(out["a"], [[1.0, 0.0]])
+    np.testing.assert_allclose(out["r"], [[1.0, 0.0]])
+    np.testing.assert_allclose(out["s2"], [[1.0, 1.0]])
+    np.testing.assert_allclose(out["ra"], [[3.5 / 4, 1.5 / 4]])
+    # MSE over [s, one-hot a, r, s'] (7 components): target 0: (0.05^2 + 0.5^2) / 7
+    np.testing.assert_allclose(out["mse"][0, 0], (0.05 ** 2 + 0.25) / 7, rtol=1e-5)
+
+
+def test_noise_floor_gradient_has_the_gradient_norm_and_a_random_direction():
+    g = jnp.array([[3.0, 4.0, 0.0], [0.0, 0.0, 2.0]])
+    n = rgia.experiment.noise_like(jax.random.PRNGKey(0), g)
+    np.testing.assert_allclose(jnp.linalg.norm(n, axis=-1), [5.0, 2.0], rtol=1e-5)
+    assert float(jnp.abs(jnp.sum(n[0] * g[0])) / 25.0) < 0.999
 
 
 # ---------------------------------------------------------------- bad input, before tracing
@@ -374,13 +429,13 @@ def test_bad_input_raises_value_error_naming_it(cartpole_target, cartpole_prior,
     with pytest.raises(ValueError, match="reward range low > high"):
         attack(key, params, g_bar[0], cartpole_prior.replace(reward_low=jnp.float32(2.0), reward_high=jnp.float32(1.0)))
     with pytest.raises(ValueError, match="reward_range low > high"):
-        rgia_priors.fit_prior(key, one_batch(cartpole_data, 0, 10), discrete=True, num_actions=2, reward_range=(1, 0))
+        rgia.priors.fit_prior(key, one_batch(cartpole_data, 0, 10), discrete=True, num_actions=2, reward_range=(1, 0))
     with pytest.raises(ValueError, match="unknown regularizer name.*'state_prior'"):
         rgia.make_rgia(victim, rgia.RGIAConfig(regularizers={"state_prior": 1.0}))
     with pytest.raises(ValueError, match="unknown regularizer name.*'entropy'"):
         attack(key, params, g_bar[0], cartpole_prior, {"state_mixture": 0.1, "reward": 1.0, "entropy": 1.0})
     with pytest.raises(ValueError, match="unknown RGIA environment"):
-        rgia_envs.make_env("MountainCar-v0")
+        rgia.envs.make_env("MountainCar-v0")
     with pytest.raises(ValueError, match=r"Victim\.kind must be one of"):
         rgia.Victim("ppo", 4, 2).validate()
     for obs_dim, message in ((3, "prior states have shape"), (4, "loss_key")):
@@ -454,12 +509,25 @@ def test_traced_per_call_weights_pass(short_attack, cartpole_target, cartpole_pr
     assert out.loss.shape == ()
 
 
+def test_noisy_dqn_train_is_the_engine_run_at_variance_zero(cartpole):
+    """The DP-noise victim is the RL engine's DQN (its ``grad_hook``): without noise, the same run."""
+    config = dqn.DQNConfig(total_timesteps=256, num_envs=8, learning_starts=64, batch_size=16, train_frequency=8,
+                           target_network_frequency=64, hidden=(8,))
+    key = jax.random.PRNGKey(3)
+    params, returns = jax.jit(rgia.victims.make_noisy_dqn_train(config, cartpole))(key, 0.0)
+    out = jax.jit(dqn.make_train(config, cartpole.env, cartpole.env_params))(key)
+    np.testing.assert_allclose(ravel_pytree(params)[0], ravel_pytree(out.q_state.params)[0], atol=1e-6)
+    np.testing.assert_array_equal(returns, out.metrics["episode_return"])
+    with pytest.raises(ValueError, match="does not fit"):
+        rgia.victims.make_noisy_dqn_train(td3.TD3Config(), cartpole)
+
+
 @pytest.mark.parametrize("variance", [-1.0, float("nan")])
 def test_noisy_dqn_train_refuses_negative_or_nan_variance(cartpole, variance):
     """They used to train to NaN parameters."""
     config = dqn.DQNConfig(total_timesteps=64, num_envs=8, learning_starts=16, batch_size=8, train_frequency=8,
                            target_network_frequency=32, hidden=(4,))
-    train = rgia_victims.make_noisy_dqn_train(config, cartpole)
+    train = rgia.victims.make_noisy_dqn_train(config, cartpole)
     with pytest.raises(ValueError, match="^variance must be"):
         train(jax.random.PRNGKey(0), variance)
 
@@ -490,13 +558,13 @@ def test_fit_prior_refuses_bad_prior_data(cartpole_data, change, kwargs, message
     infinite reward range, and a mixture asked for more components than states got fewer."""
     kwargs = {"discrete": True, "num_actions": 2, "dynamics_steps": 1, **kwargs}
     with pytest.raises(ValueError, match=message):
-        rgia_priors.fit_prior(jax.random.PRNGKey(0), change(one_batch(cartpole_data, 0, 10)), **kwargs)
+        rgia.priors.fit_prior(jax.random.PRNGKey(0), change(one_batch(cartpole_data, 0, 10)), **kwargs)
 
 
 def test_fit_state_prior_refuses_more_components_than_distinct_states():
     u = np.repeat(np.random.default_rng(0).normal(size=(2, 3)), 10, axis=0)  # sklearn used to warn and fit 4
     with pytest.raises(ValueError, match="num_components=4 but the prior has only 2 distinct states"):
-        rgia_priors.fit_state_prior(u, 4)
+        rgia.priors.fit_state_prior(u, 4)
 
 
 def test_fit_state_prior_warns_when_components_collapse(monkeypatch):
@@ -504,7 +572,7 @@ def test_fit_state_prior_warns_when_components_collapse(monkeypatch):
     two_clusters = np.concatenate([rng.normal(size=(50, 2)), rng.normal(size=(50, 2)) + 5.0])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        rgia_priors.fit_state_prior(two_clusters, 2)  # a genuine mixture: no warning
+        rgia.priors.fit_state_prior(two_clusters, 2)  # a genuine mixture: no warning
 
     class Collapsed(GaussianMixture):
         """sklearn's EM can drain a component to ~0 weight and keep it (tight data, large ``reg_covar``)."""
@@ -514,6 +582,6 @@ def test_fit_state_prior_warns_when_components_collapse(monkeypatch):
             self.weights_ = np.array([1.0 - 1e-9, 1e-9])
             return self
 
-    monkeypatch.setattr(rgia_priors, "GaussianMixture", Collapsed)
+    monkeypatch.setattr(rgia.priors, "GaussianMixture", Collapsed)
     with pytest.warns(UserWarning, match=r"1 of the 2 mixture components hold less than 0.5 of the 100 samples"):
-        rgia_priors.fit_state_prior(two_clusters, 2)
+        rgia.priors.fit_state_prior(two_clusters, 2)

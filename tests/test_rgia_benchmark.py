@@ -1,80 +1,17 @@
-"""benchmarks/rgia.py: its statistics, floors, claims and README renderer on toys, end to end at smoke size, its
-argument checks, and notebooks/rgia.ipynb top to bottom."""
+"""benchmarks/rgia.py: the claims and README renderer on toys, end to end at smoke size, its argument checks, and
+notebooks/rgia.ipynb top to bottom (the experiment's statistics and floors: tests/test_rgia.py)."""
 
 import json
 import os
-import types
-from typing import NamedTuple
 
-import jax
-import jax.numpy as jnp
 import nbformat
-import numpy as np
 import pytest
 from nbclient import NotebookClient
 
 from benchmarks import rgia as bench
-from fedjax_attacks.rl.replay import Transition
+from fedjax_attacks.rgia import experiment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-# ---------------------------------------------------------------- statistics and floors
-
-
-def test_cluster_ci_resamples_victims_not_just_targets():
-    same = bench.cluster_ci(np.full((3, 8), 0.7), num_resamples=200)
-    assert same == {"mean": pytest.approx(0.7), "lo": pytest.approx(0.7), "hi": pytest.approx(0.7)}
-    # seeds at 0, 1, 2 with no spread within a seed: pooling the 96 values as independent would give a
-    # narrow interval (std 0.82 / sqrt(96) ~ 0.08); resampling the 3 seeds spans most of [0, 2]
-    x = np.repeat(np.arange(3.0)[:, None], 32, axis=1)
-    ci = bench.cluster_ci(x, num_resamples=4000)
-    assert ci["mean"] == pytest.approx(1.0) and ci["lo"] <= 0.34 and ci["hi"] >= 1.66
-    # within-seed spread still counts: targets are resampled inside each seed
-    y = np.stack([np.r_[np.zeros(16), np.ones(16)]] * 3)
-    ci = bench.cluster_ci(y, num_resamples=4000)
-    assert 0.3 < ci["lo"] < 0.45 and 0.55 < ci["hi"] < 0.7
-    with pytest.raises(ValueError, match="values must be f\\[seeds, targets\\]"):
-        bench.cluster_ci(np.zeros(5))
-
-
-class PriorStub(NamedTuple):
-    """The fields of ``rgia_priors.Prior`` the prior-mean guess reads."""
-
-    state_mean: jax.Array
-    reward_low: jax.Array
-    reward_high: jax.Array
-
-
-def test_prior_mean_floor_hand_computed():
-    # one victim, two 1-tuple targets in 2-D states, 2 actions; prior: mean state (1, 0), rewards in [0, 2],
-    # actions mostly 1
-    prior = PriorStub(jnp.array([1.0, 0.0]), jnp.float32(0.0), jnp.float32(2.0))
-    stack = lambda tree: jax.tree.map(lambda x: x[None], tree)
-    prior_data = Transition(jnp.zeros((3, 2)), jnp.array([1, 1, 0]), jnp.zeros(3), jnp.zeros((3, 2)),
-                            jnp.zeros(3, bool))
-    truth = Transition(jnp.array([[[1.05, 0.5]], [[3.0, 0.0]]]), jnp.array([[1], [0]]), jnp.array([[1.0], [0.5]]),
-                       jnp.array([[[1.0, 0.0]], [[1.0, 0.08]]]), jnp.zeros((2, 1), bool))
-    setup = types.SimpleNamespace(env=types.SimpleNamespace(discrete=True, num_actions=2), prior=stack(prior),
-                                  prior_data=stack(prior_data), state_scale=jnp.ones((1, 2)),
-                                  reward_scale=jnp.ones((1,)))
-    out = bench.prior_mean_scores(setup, stack(truth), types.SimpleNamespace(tolerance=0.1))
-    # guess: s = s' = (1, 0), a = 1, r = 1. Target 0: s 1 of 2 within 0.1, a right, r right, s' 2 of 2;
-    # target 1: s 1 of 2, a wrong, r off by 0.5, s' 2 of 2 (0.08 <= 0.1)
-    np.testing.assert_allclose(out["s"], [[0.5, 0.5]])
-    np.testing.assert_allclose(out["a"], [[1.0, 0.0]])
-    np.testing.assert_allclose(out["r"], [[1.0, 0.0]])
-    np.testing.assert_allclose(out["s2"], [[1.0, 1.0]])
-    np.testing.assert_allclose(out["ra"], [[3.5 / 4, 1.5 / 4]])
-    # MSE over [s, one-hot a, r, s'] (7 components): target 0: (0.05^2 + 0.5^2) / 7
-    np.testing.assert_allclose(out["mse"][0, 0], (0.05 ** 2 + 0.25) / 7, rtol=1e-5)
-
-
-def test_noise_floor_gradient_has_the_gradient_norm_and_a_random_direction():
-    g = jnp.array([[3.0, 4.0, 0.0], [0.0, 0.0, 2.0]])
-    n = bench.noise_like(jax.random.PRNGKey(0), g)
-    np.testing.assert_allclose(jnp.linalg.norm(n, axis=-1), [5.0, 2.0], rtol=1e-5)
-    assert float(jnp.abs(jnp.sum(n[0] * g[0])) / 25.0) < 0.999
 
 
 # ---------------------------------------------------------------- claims and the README
@@ -115,7 +52,7 @@ def toy_results():
     results = {"config": config, "victims": victims, "wall_times": {"total_s": 1000.0},
                "figures": {"tables": tables, "noise_sweep": noise, "utility": utility, "batch_sweep": [],
                            "speed": {"restarts": 16, "vmapped_s": 1.0, "sequential_s": 4.0, "speedup": 4.0}}}
-    results["claims"] = bench.claims(tables, [], noise)
+    results["claims"] = experiment.claims(tables, [], noise)
     return results
 
 
@@ -133,7 +70,7 @@ def test_claims_need_intervals_clear_of_zero_and_of_the_floors():
     tables = toy_results()["figures"]["tables"]
     tables["CartPole-v1"]["trained"]["rows"]["RGIA"]["ra"] = _ci(0.42)
     tables["CartPole-v1"]["trained"]["rows"]["prior mean"]["ra"] = _ci(0.415)
-    moot = bench.claims(tables, [], trained)["noise_stops_rgia"]["trained"]
+    moot = experiment.claims(tables, [], trained)["noise_stops_rgia"]["trained"]
     assert moot["clean_at_floor"] and moot["first_stopping_ratio"] is None
 
 

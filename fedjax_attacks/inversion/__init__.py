@@ -2,7 +2,8 @@
 gradient estimate in FL, the denoising autoencoder, metrics and DP-style defenses.
 
 The optimizer loop (``make_minimizer``, ``make_multistart``) is generic over what is optimized and is
-reused by RGIA for federated RL.
+reused by RGIA for federated RL, which lives in ``fedjax_attacks.rgia`` (importing this package loads neither
+gymnax nor scikit-learn).
 """
 
 from fedjax_attacks.inversion.attack import LABEL_MODES, Reconstruction, dlg, inverting_gradients
@@ -32,10 +33,6 @@ from fedjax_attacks.inversion.optimize import (
     make_multistart,
     step_decay_schedule,
 )
-from fedjax_attacks.inversion.rgia import REGULARIZERS, RGIAConfig, RGIAResult, Victim, make_rgia
-from fedjax_attacks.inversion.rgia_envs import RGIAEnv, make_env as make_rgia_env
-from fedjax_attacks.inversion.rgia_priors import Prior, StatePrior, fit_prior, prior_split
-from fedjax_attacks.inversion.rgia_victims import VictimRun, make_noisy_dqn_train, train_victim, victim_for
 
 __all__ = [
     "LABEL_MODES", "Reconstruction", "dlg", "inverting_gradients",
@@ -46,8 +43,4 @@ __all__ = [
     "total_variation",
     "batch_scores", "label_accuracy", "match_batch", "mse", "optimal_assignment", "psnr", "ssim",
     "MultiStartResult", "make_minimizer", "make_multistart", "step_decay_schedule",
-    "REGULARIZERS", "RGIAConfig", "RGIAResult", "Victim", "make_rgia",
-    "RGIAEnv", "make_rgia_env",
-    "Prior", "StatePrior", "fit_prior", "prior_split",
-    "VictimRun", "make_noisy_dqn_train", "train_victim", "victim_for",
 ]

@@ -3,8 +3,9 @@
 ``make_train(config, env, env_params) -> train(key) -> TrainOutput``: epsilon-greedy acting in ``num_envs``
 vectorized environments with a linearly decaying epsilon, a pytree ring replay buffer inside the ``lax.scan``,
 an update every ``train_frequency`` environment steps after ``learning_starts``, and a (soft) target-network
-update every ``target_network_frequency`` steps. ``td_loss`` is public: RGIA inverts its gradients and
-BadRL-M ranks states with a trained Q-network.
+update every ``target_network_frequency`` steps. ``grad_hook(key, grads) -> grads`` optionally transforms every
+update's gradient before the optimizer (RGIA's DP-noise victim adds the defense's noise there). ``td_loss`` is
+public: RGIA inverts its gradients and BadRL-M ranks states with a trained Q-network.
 """
 
 import dataclasses
@@ -97,15 +98,24 @@ def epsilon(config: DQNConfig, env_steps: chex.Array) -> chex.Array:
     return jnp.maximum(slope * env_steps + config.start_e, config.end_e)
 
 
-def make_train(config: DQNConfig, env, env_params) -> Callable[[chex.PRNGKey], TrainOutput]:
+GradHook = Callable[[chex.PRNGKey, Any], Any]
+
+
+def make_train(config: DQNConfig, env, env_params,
+               grad_hook: GradHook | None = None) -> Callable[[chex.PRNGKey], TrainOutput]:
     """Builds ``train(key) -> TrainOutput``: a whole DQN run as one jittable, vmappable function
     (``make_trainer(...).run``)."""
-    return make_trainer(config, env, env_params).run
+    return make_trainer(config, env, env_params, grad_hook).run
 
 
-def make_trainer(config: DQNConfig, env, env_params) -> Trainer:
+def make_trainer(config: DQNConfig, env, env_params, grad_hook: GradHook | None = None) -> Trainer:
     """Builds DQN in the run protocol: ``Trainer(init, step, num_steps, finish)``, one step = one iteration
     (``num_envs`` env steps, an update every ``train_frequency`` env steps once learning has started).
+
+    ``grad_hook(key, grads) -> grads``: a pure function applied to each update's TD-loss gradient (a pytree like
+    the Q-network's parameters) before Adam, with a fresh key per update (folded from the update's key, so a run
+    without a hook draws exactly what it drew before); it may close over traced values (e.g. a noise variance
+    under ``jax.vmap``). ``None``: the plain gradient.
 
     Raises:
       ValueError: on an invalid config or a continuous action space.
@@ -139,6 +149,8 @@ def make_trainer(config: DQNConfig, env, env_params) -> Trainer:
         def learn(q_state):
             loss, grads = jax.value_and_grad(td_loss)(q_state.params, target_params, q_net.apply, batch,
                                                       gamma=config.gamma, double_q=config.double_q)
+            if grad_hook is not None:
+                grads = grad_hook(jax.random.fold_in(k_upd, 1), grads)
             return q_state.apply_gradients(grads=grads), loss
 
         q_state, loss = jax.lax.cond(jnp.logical_and(learning, crosses(step, config.train_frequency)), learn,

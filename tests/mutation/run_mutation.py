@@ -147,6 +147,12 @@ MODULES = {
         "tests/test_models.py::-k gaussian or ssim or mse_psnr or optimal or batch_scores",
         "tests/test_inversion.py::-k ssim_psnr or l2_and_cosine or total_variation",
         "tests/test_inversion.py"],
+    "rgia/metrics.py": [
+        "tests/test_rgia.py::-k match_mse_and_ra or dispersion_consistency or silhouette_separates",
+        "tests/test_rgia.py::-k transition_error_of_true or prior_mean_floor"],
+    "rgia/experiment.py::cluster_ci,noise_like,prior_mean_scores,relative_noise_std,floors,claims": [
+        "tests/test_rgia.py::-k cluster_ci or prior_mean_floor or noise_floor_gradient or relative_noise",
+        "tests/test_rgia_benchmark.py::-k claims_need or readme_renderer"],
     "rl/gae.py": [
         "tests/test_rl_core.py::-k gae or n_step",
         "tests/test_rl_core.py::-k gae",

@@ -32,7 +32,7 @@ import numpy as np
 from sklearn.metrics import silhouette_score
 
 from fedjax_attacks.inversion.metrics import optimal_assignment
-from fedjax_attacks.inversion.rgia_priors import action_vector
+from fedjax_attacks.rgia.priors import action_vector
 from fedjax_attacks.rl.replay import Transition
 
 

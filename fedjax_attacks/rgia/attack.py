@@ -18,7 +18,7 @@ initialization:
   reports ``"relative_l2"``, which pins the magnitude, and the cosine as an ablation;
 * RGIA (the paper's eq. 7 with sec. 4.2's regularizers): ``D + alpha R_s + beta R_r + gamma R_f`` with
   ``R_s`` the state prior (``"state_gaussian"`` or ``"state_mixture"``), ``R_r`` the reward hinge
-  (``"reward"``) and ``R_f`` the transition-model consistency (``"dynamics"``), see ``rgia_priors``.
+  (``"reward"``) and ``R_f`` the transition-model consistency (``"dynamics"``), see ``rgia.priors``.
 
 ``attack = make_rgia(victim, RGIAConfig(...))`` returns ``attack(key, params, g_bar, prior, weights=None,
 loss_key=None) -> RGIAResult``; restarts are vmapped inside (``optimize.make_multistart``) and
@@ -42,7 +42,7 @@ from jax.flatten_util import ravel_pytree
 
 from fedjax_attacks.inversion import matching
 from fedjax_attacks.inversion.optimize import make_minimizer, make_multistart, step_decay_schedule
-from fedjax_attacks.inversion.rgia_priors import Prior
+from fedjax_attacks.rgia.priors import Prior
 from fedjax_attacks.rl import dqn, networks, td3
 from fedjax_attacks.rl.replay import Transition
 from fedjax_attacks.validation import check_choice, check_count, check_flag, check_in_range, check_layers, check_rate
@@ -226,7 +226,7 @@ def make_rgia(victim: Victim, config: RGIAConfig) -> Callable[..., RGIAResult]:
     """Builds ``attack(key, params, g_bar, prior, weights=None, loss_key=None) -> RGIAResult``.
 
     ``params``: the victim's parameters (``Victim.init`` layout); ``g_bar``: the shared gradient, a pytree like
-    ``params["online"]`` (or a flat ``f32[d]``); ``prior``: the attacker's ``rgia_priors.Prior``; ``weights``:
+    ``params["online"]`` (or a flat ``f32[d]``); ``prior``: the attacker's ``priors.Prior``; ``weights``:
     ``{name: weight}`` for exactly the regularizers of ``config`` (scalars, may be traced; default the
     config's); ``loss_key``: the TD3 victim's target-noise key.
 

@@ -1,7 +1,7 @@
 """Victims of RGIA: an RL engine run (DQN or TD3) gives the networks and the replay data the attack targets;
 a DQN whose shared gradient carries the DP defense's Gaussian noise gives the defense's cost in return.
 
-``victim_for(env, config)`` describes the victim of an ``rgia_envs.RGIAEnv`` trained with a ``DQNConfig``
+``victim_for(env, config)`` describes the victim of an ``envs.RGIAEnv`` trained with a ``DQNConfig``
 (discrete actions) or a ``TD3Config`` (continuous); ``train_victim(key, env, config)`` runs the engine's
 ``make_train`` with a replay buffer holding every transition and returns a ``VictimRun``;
 ``train_victims(keys, env, config, stages)`` trains several seeds at once (vmapped) and keeps the networks at
@@ -14,14 +14,12 @@ from typing import Callable
 import flax.struct
 import jax
 import jax.numpy as jnp
-import optax
-from flax.training.train_state import TrainState
 from jax.flatten_util import ravel_pytree
 
 from fedjax_attacks.inversion.defense import check_defense, privatize
-from fedjax_attacks.inversion.rgia import Victim
-from fedjax_attacks.inversion.rgia_envs import RGIAEnv
-from fedjax_attacks.rl import dqn, networks, replay, td3, wrappers
+from fedjax_attacks.rgia.attack import Victim
+from fedjax_attacks.rgia.envs import RGIAEnv
+from fedjax_attacks.rl import dqn, td3
 from fedjax_attacks.rl.replay import Transition
 from fedjax_attacks.runner import scan_steps
 
@@ -132,58 +130,27 @@ def _victim_params(victim: Victim, out) -> dict:
 
 
 def make_noisy_dqn_train(config: dqn.DQNConfig, env: RGIAEnv) -> Callable[[jax.Array, jax.Array], tuple]:
-    """``train(key, variance) -> (q_params, episode_returns f32[iterations])``: ``dqn.make_train``'s double
-    DQN where every update applies ``privatize(key, grad, variance)``, the gradient the FRL client shares under
-    the DP defense (``N(0, variance I)`` added to the flat TD-loss gradient). ``variance`` is traced, so one
-    ``jax.vmap`` trains under every noise level of a sweep. A concrete negative, NaN or infinite ``variance``
-    raises ``ValueError`` (``defense.check_defense``); a traced one passes unread: check a sweep's variances
-    where they are made."""
+    """``train(key, variance) -> (q_params, episode_returns f32[iterations])``: the RL engine's double DQN
+    (``dqn.make_train``) whose every update applies ``privatize(key, grad, variance)`` (its ``grad_hook``), the
+    gradient the FRL client shares under the DP defense (``N(0, variance I)`` added to the flat TD-loss gradient);
+    at variance 0 it is ``dqn.make_train``'s run. ``variance`` is traced, so one ``jax.vmap`` trains under every
+    noise level of a sweep. A concrete negative, NaN or infinite ``variance`` raises ``ValueError``
+    (``defense.check_defense``); a traced one passes unread: check a sweep's variances where they are made.
+
+    Raises:
+      ValueError: on a bad config or one that does not fit ``env`` (``victim_for``: discrete actions).
+    """
     config.validate()
-    victim = victim_for(env, config)
-    q_net = networks.QNetwork(env.num_actions, tuple(config.hidden))
-    venv = wrappers.VecEnv(wrappers.LogWrapper(env.env), config.num_envs)
-    capacity = min(config.buffer_size, config.total_timesteps)
-    tx = optax.adam(config.learning_rate)
-    crosses = lambda step, every: (step + 1) * config.num_envs // every > step * config.num_envs // every
+    victim_for(env, config)
 
     def train(key, variance):
         check_defense(variance)
-        key, k_init, k_env = jax.random.split(key, 3)
-        obs, env_state = venv.reset(k_env, env.env_params)
-        params = q_net.init(k_init, obs)
-        unravel = ravel_pytree(params)[1]
-        q_state = TrainState.create(apply_fn=q_net.apply, params=params, tx=tx)
-        example = Transition(obs[0], jnp.zeros((), jnp.int32), jnp.zeros(()), obs[0], jnp.zeros((), bool))
 
-        def iteration(carry, step):
-            q_state, target_params, buffer, env_state, obs, key = carry
-            key, k_eps, k_rand, k_env, k_upd, k_noise = jax.random.split(key, 6)
-            greedy = jnp.argmax(q_net.apply(q_state.params, obs), axis=-1)
-            explore = jax.random.uniform(k_eps, greedy.shape) < dqn.epsilon(config, step * config.num_envs)
-            action = jnp.where(explore, jax.random.randint(k_rand, greedy.shape, 0, env.num_actions), greedy)
-            next_obs, env_state, reward, terminated, _, info = venv.step(k_env, env_state, action, env.env_params)
-            buffer = replay.add(buffer, Transition(obs, action, reward.astype(jnp.float32),
-                                                   info["final_observation"], terminated))
-            learning = (step + 1) * config.num_envs >= config.learning_starts
+        def noisy(k, grads):
+            flat, unravel = ravel_pytree(grads)
+            return unravel(privatize(k, flat, variance))
 
-            def learn(q_state):
-                batch = replay.sample(k_upd, buffer, config.batch_size)
-                grads = victim.gradient({"online": q_state.params, "target": target_params}, batch)
-                noisy = privatize(k_noise, ravel_pytree(grads)[0], variance)
-                return q_state.apply_gradients(grads=unravel(noisy))
-
-            q_state = jax.lax.cond(jnp.logical_and(learning, crosses(step, config.train_frequency)), learn,
-                                   lambda s: s, q_state)
-            sync = jnp.logical_and(learning, crosses(step, config.target_network_frequency))
-            target_params = jax.tree.map(lambda t, o: jnp.where(sync, config.tau * o + (1.0 - config.tau) * t, t),
-                                         target_params, q_state.params)
-            done = info["returned_episode"]
-            n = done.sum()
-            ret = jnp.where(n > 0, jnp.sum(info["returned_episode_returns"] * done) / jnp.maximum(n, 1), jnp.nan)
-            return (q_state, target_params, buffer, env_state, next_obs, key), ret
-
-        carry = (q_state, params, replay.init(capacity, example), env_state, obs, key)
-        (q_state, *_), returns = jax.lax.scan(iteration, carry, jnp.arange(config.num_iterations))
-        return q_state.params, returns
+        out = dqn.make_train(config, env.env, env.env_params, grad_hook=noisy)(key)
+        return out.q_state.params, out.metrics["episode_return"]
 
     return train
