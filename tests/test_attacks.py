@@ -66,6 +66,34 @@ def test_eb_is_boosted_gradient_ascent():
     np.testing.assert_array_equal(out[~MASK], u[~MASK])
 
 
+def test_eb_as_the_authors_ran_it_sends_the_last_benign_update_boosted():
+    inp = make_input()
+    out = submitted(attacks.get("eb", variant="authors"), inp)
+    u = np.asarray(inp.updates)
+    last_benign = np.flatnonzero(~MASK)[-1]
+    np.testing.assert_allclose(out[MASK], np.broadcast_to((W / MASK.sum()) * u[last_benign], out[MASK].shape),
+                               rtol=1e-6)
+    np.testing.assert_array_equal(out[~MASK], u[~MASK])
+    assert attacks.get("eb", variant="authors").needs_full_knowledge and not attacks.get("eb").needs_full_knowledge
+    with pytest.raises(ValueError, match="variant"):
+        attacks.get("eb", variant="author")
+
+
+def test_lmp_krum_as_the_authors_ran_it_shrinks_lambda_below_their_tolerance():
+    inp = make_input(seed=1, aggregate=krum(num_byzantine=2))
+    out = submitted(attacks.get("lmp", variant="krum_authors"), inp)
+    u = np.asarray(inp.updates)
+    s = np.sign(u[~MASK].mean(0))
+    lam0 = float(krum_lambda_bound(inp.updates, inp.malicious_mask))
+    # the authors' loop: their check never accepts, so ub halves until it is <= 1e-5; lambda is its midpoint
+    ub = lam0
+    while ub > 1e-5:
+        ub /= 2
+    np.testing.assert_allclose(out[MASK], np.broadcast_to(-(ub / 2) * s, out[MASK].shape), rtol=1e-4)
+    correct = submitted(attacks.get("lmp", variant="krum"), inp)
+    assert np.linalg.norm(correct[MASK][0]) > 1e4 * np.linalg.norm(out[MASK][0])
+
+
 def test_ipm_makes_mean_aggregate_point_against_benign_mean():
     inp = make_input()
     out = submitted(attacks.get("ipm", eps=5.0), inp)

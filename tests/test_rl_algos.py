@@ -87,6 +87,32 @@ def test_dqn_cartpole_improves():
     assert last > 3 * first, (first, last)
 
 
+def test_dqn_grad_hook_transforms_every_update_and_leaves_the_plain_run_alone():
+    """``grad_hook`` sees each update's gradient: zeroed, Adam never moves the Q-network; the identity hook
+    draws the same run as no hook (its key is folded, not split, from the update's)."""
+    env, params = rl.make("CartPole-v1")
+    cfg = dqn.DQNConfig(total_timesteps=256, num_envs=8, learning_starts=64, batch_size=16, train_frequency=8,
+                        target_network_frequency=64, hidden=(8,))
+    calls = []
+
+    def zero(key, grads):
+        calls.append(key)
+        return jax.tree.map(jnp.zeros_like, grads)
+
+    key = jax.random.key(0)
+    plain = jax.jit(dqn.make_train(cfg, env, params))(key)
+    frozen = jax.jit(dqn.make_train(cfg, env, params, grad_hook=zero))(key)
+    same = jax.jit(dqn.make_train(cfg, env, params, grad_hook=lambda k, g: g))(key)
+    start = dqn.make_trainer(cfg, env, params).init(key)[0].params
+    assert calls  # traced once inside the update
+    for a, b in zip(jax.tree.leaves(frozen.q_state.params), jax.tree.leaves(start)):
+        np.testing.assert_array_equal(a, b)
+    assert int(frozen.q_state.step) == int(plain.q_state.step) > 0
+    for a, b in zip(jax.tree.leaves(same.q_state.params), jax.tree.leaves(plain.q_state.params)):
+        np.testing.assert_array_equal(a, b)
+    assert not np.allclose(jax.tree.leaves(plain.q_state.params)[0], jax.tree.leaves(start)[0])
+
+
 @pytest.mark.slow  # the benchmark end to end at --quick size
 def test_rl_speed_benchmark_quick(tmp_path):
     """The benchmark's --quick mode (DQN section only, to keep the suite fast) writes its JSON and PNG."""
@@ -133,3 +159,67 @@ def test_ppo_uses_a_custom_network_and_rejects_one_that_does_not_fit_the_env():
                 networks.ActorCritic(num_actions=2, discrete=False, hidden=(8,)), _ValueWithTrailingAxis()):
         with pytest.raises(ValueError, match="network must map"):
             ppo.make_train(cfg, env, params, network=bad)
+
+
+class _ScaledReward:
+    """Pendulum with its rewards multiplied by ``scale`` (everything else delegated)."""
+
+    def __init__(self, env, scale):
+        self.env, self.scale = env, scale
+
+    def __getattr__(self, name):
+        return getattr(self.env, name)
+
+    def reset(self, key, params=None):
+        return self.env.reset(key, params)
+
+    def step(self, key, state, action, params=None):
+        obs, state, reward, terminated, truncated, info = self.env.step(key, state, action, params)
+        return obs, state, self.scale * reward, terminated, truncated, info
+
+
+def _short_td3(**changes):
+    base = dict(total_timesteps=240, learning_starts=64, hidden=(16,), batch_size=32, buffer_size=240, num_envs=2,
+                learning_rate=3e-3)
+    return td3.TD3Config(**{**base, **changes})
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_td3_reward_normalization_makes_learning_blind_to_the_reward_scale(normalize):
+    env, params = rl.make("Pendulum-v1")
+    cfg = _short_td3(normalize_rewards=normalize)
+    runs = [jax.jit(td3.make_train(cfg, _ScaledReward(env, scale), params))(jax.random.key(3)).learner.actor.params
+            for scale in (1.0, 100.0)]
+    diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(runs[0]), jax.tree.leaves(runs[1])))
+    if normalize:  # r / std(buffer rewards) is the same for 100 r: the same updates
+        assert diff < 1e-3, diff
+    else:
+        assert diff > 1e-2, diff
+
+
+def test_td3_preactivation_penalty_keeps_the_actor_off_saturation():
+    env, params = rl.make("Pendulum-v1")
+    obs = jax.vmap(lambda k: env.reset(k, params)[0])(jax.random.split(jax.random.key(0), 64))
+
+    def mean_abs_preactivation(penalty):
+        cfg = _short_td3(preactivation_penalty=penalty, learning_rate=3e-2)  # a fast actor saturates
+        out = jax.jit(td3.make_train(cfg, env, params))(jax.random.key(1))
+        net = networks.DeterministicActor(1, cfg.hidden)
+        return float(jnp.mean(jnp.abs(net.apply(out.learner.actor.params, obs, return_preactivation=True)[1])))
+
+    free, penalised = mean_abs_preactivation(0.0), mean_abs_preactivation(1.0)
+    assert penalised < 0.5 * free, (free, penalised)
+
+
+def test_td3_steps_take_the_environment_parameters_at_every_call():
+    env, params = rl.make("Pendulum-v1")
+    cfg = _short_td3()
+    steps = td3.make_steps(cfg, env, params)
+    heavy = params.replace(g=4.0 * params.g)
+    carry = steps.init(jax.random.key(0), params)
+    step = jax.jit(chex.assert_max_traces(steps.step, n=1))
+    a, _ = step(carry, params)
+    b, _ = step(carry, heavy)  # same program, other parameters: another transition
+    assert not np.allclose(np.asarray(a[3]), np.asarray(b[3]))
+    trainer = td3.make_trainer(cfg, env, params)
+    np.testing.assert_array_equal(np.asarray(trainer.step(carry)[0][3]), np.asarray(a[3]))

@@ -4,6 +4,7 @@ learner and the whole interleaved run, at toy size; and the mnist5k loader."""
 import dataclasses
 import importlib.util
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -246,10 +247,39 @@ def test_interleaved_run_equals_the_pure_run_and_honest_rounds_before_tau_e(toy_
     kept = np.asarray(report.state.attackers.data.train | report.state.attackers.data.heldout)
     recon = TOY.max_targets * TOY.images_per_round
     assert kept[:, :recon].any(axis=1).all() and kept[:, recon:].any(axis=1).all()
+    # P~ holds only what the attackers may see: reconstructions and their own rows, no benign client's row
+    benign = np.setdiff1d(np.arange(len(DIGITS.y_train)), np.concatenate(
+        [rl.sim.partition.client_samples(k) for k in range(FL.num_malicious)]))
+    own = set(ra.attacker_rows(rl.sim.partition, FL, TOY).tolist())
+    learned_x = np.asarray(report.state.attackers.data.x).reshape(len(keys), -1, DIGITS.x_train[0].size)
+    benign_x = DIGITS.x_train[benign].reshape(len(benign), -1)
+    own_x = DIGITS.x_train[sorted(own)].reshape(len(own), -1)
+    for seed in range(len(keys)):
+        rows = learned_x[seed][kept[seed]]
+        assert not (rows[:, None, :] == benign_x[None]).all(-1).any()
+        own_part = learned_x[seed][recon:][kept[seed][recon:]]
+        assert len(own_part) and (own_part[:, None, :] == own_x[None]).all(-1).any(-1).all()
     # phase 2 ran every chunk_rounds rounds before policy_until: 0, 2, 4
     assert len(report.policy_metrics) == 3
     assert report.simulated_rounds == 3 * TOY.policy_iterations * TOY.num_envs
     assert set(report.wall_s) >= {"distribution", "policy", "fl_rounds", "compile_s"}
+
+
+def test_attackers_share_a_small_dataset_drawn_from_their_own_shards_only():
+    sim = fl.make_simulation(FL, DIGITS, MODEL)
+    theirs = np.concatenate([sim.partition.client_samples(k) for k in range(FL.num_malicious)])
+    small = ra.attacker_rows(sim.partition, FL, dataclasses.replace(TOY, attacker_data=20))
+    assert len(small) == 20 == len(np.unique(small)) and np.isin(small, theirs).all()
+    np.testing.assert_array_equal(small, ra.attacker_rows(sim.partition, FL, dataclasses.replace(TOY, attacker_data=20)))
+    everything = ra.attacker_rows(sim.partition, FL, dataclasses.replace(TOY, attacker_data=None))
+    np.testing.assert_array_equal(everything, np.sort(theirs))
+    rl = ra.make_rl_attack(FL, dataclasses.replace(TOY, attacker_data=20), DIGITS, MODEL)
+    assert int(np.sum(np.asarray(rl.own.valid))) == 20
+    np.testing.assert_array_equal(np.asarray(rl.own.y)[np.asarray(rl.own.valid)], DIGITS.y_train[small])
+    with pytest.raises(ValueError, match="attacker_data"):
+        ra.RLAttackConfig(attacker_data=0).validate(FL)
+    with pytest.raises(ValueError, match="attacker_data"):
+        rl.variant(attacker_data=10)
 
 
 def test_modes_outside_the_run_are_refused(toy_attack):
@@ -292,9 +322,54 @@ def test_ppo_learner_steps_on_the_simulator():
     state = learner.init(jax.random.PRNGKey(0), params)
     state, metrics = jax.jit(learner.step)(state, params)
     assert int(state.steps) == 2 and np.isfinite(metrics["loss"])
-    action = learner.act(state.agent, state.obs)
+    action = learner.act(state.deployed, state.carry[2])
     low, high = env.space.box
     assert action.shape == (2, 2) and (action >= np.array(low) - 1e-6).all() and (action <= np.array(high)).all()
+
+
+def _constant_actor(params, unit_action):
+    """TD3 actor parameters whose output is ``unit_action`` whatever the state (zero kernels, the bias set)."""
+    out = jax.tree.map(jnp.zeros_like, params)
+    last = sorted(out["params"])[-1]
+    out["params"][last]["bias"] = jnp.arctanh(jnp.asarray(unit_action, jnp.float32))
+    return out
+
+
+def test_select_deploys_the_policy_with_the_higher_held_out_return_and_measures_state_dependence():
+    config = dataclasses.replace(TOY, eval_episodes=4)
+    env = make_env()
+    learner = ra.make_learner(config, env)
+    params = SimParams(one_row_data(), MODEL.init(jax.random.PRNGKey(0)), jnp.int32(5), 3)
+    state = learner.init(jax.random.PRNGKey(0), params)
+    actor = state.carry[0].actor.params
+    # large scale and long search against small and short: their held-out returns differ
+    strong, weak = _constant_actor(actor, [0.9, 0.9]), _constant_actor(actor, [-0.9, -0.9])
+    k_eval = jax.random.split(state.key)[1]
+    r_strong = float(learner.evaluate(strong, k_eval, params)[0])
+    r_weak = float(learner.evaluate(weak, k_eval, params)[0])
+    assert r_strong != r_weak
+    select = jax.jit(learner.select)
+    for candidate, deployed in ((strong, weak), (weak, strong)):
+        trial = state.replace(carry=(state.carry[0].replace(actor=state.carry[0].actor.replace(params=candidate)),
+                                     *state.carry[1:]), deployed=deployed)
+        chosen, metrics = select(trial, params)
+        better = candidate if learner.evaluate(candidate, k_eval, params)[0] >= \
+            learner.evaluate(deployed, k_eval, params)[0] else deployed
+        chex.assert_trees_all_close(chosen.deployed, better)
+        assert bool(metrics["replaced"]) == (better is candidate)
+        np.testing.assert_allclose(float(metrics["deployed_return"]), max(r_strong, r_weak), rtol=1e-5)
+        # a constant policy ignores the state: no spread of its action over the visited states
+        assert float(metrics["action_std"]) < 1e-6 and not bool(ra.state_dependent(metrics))
+        np.testing.assert_allclose(metrics["action_mean"], [0.9, 0.9] if better is strong else [-0.9, -0.9],
+                                   atol=1e-5)
+        assert float(metrics["action_saturated"]) == 0.0
+    # the untrained actor (random weights) acts differently in different states
+    _, metrics = select(state, params)
+    assert float(metrics["action_std"]) > 0
+    saturated = state.replace(deployed=_constant_actor(actor, [0.999, -0.999]),
+                              carry=(state.carry[0].replace(actor=state.carry[0].actor.replace(
+                                  params=_constant_actor(actor, [0.999, -0.999]))), *state.carry[1:]))
+    assert float(select(saturated, params)[1]["action_saturated"]) == 1.0
 
 
 # ------------------------------------------------------------------------------------------------- mnist5k

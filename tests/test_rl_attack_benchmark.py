@@ -19,9 +19,15 @@ def test_benchmark_quick_writes_every_figure_and_the_compute_record(tmp_path):
         saved = json.load(f)
     assert set(saved["fig3"]) == {"iid/krum", "q_noniid/krum"}
     for block in saved["fig3"].values():
-        assert set(block["final"]) == {"none", "eb", "ipm", "lmp", "rl"}
+        assert set(block["final"]) == {"none", "eb", "eb_authors", "ipm", "lmp", "lmp_authors", "rl"}
         assert all(len(curve) == 2 and len(curve[0]) == len(saved["eval_rounds"]) for curve in block["curves"].values())
     assert set(saved["claim"]) == {"iid/krum", "q_noniid/krum"}
+    for verdict in saved["claim"].values():  # the claim is against the correct baselines only
+        assert verdict["best_baseline"] in ("eb", "ipm", "lmp") and verdict["best_authors_variant"].endswith("_authors")
+    for setting in ("iid/krum", "q_noniid/krum"):
+        diagnostic = saved["policy_diagnostic"][setting]
+        assert len(diagnostic["action_std"]) == 3 and len(diagnostic["action_std_final_per_seed"]) == 2
+        assert 0 <= diagnostic["state_dependent_share"] <= 1
     assert set(saved["fig4a"]["final"]) == {"2", "4"}
     assert set(saved["fig4c"]["final"]) >= {"RL", "RL w/o DL", "RL0"}
     compute = saved["compute"]

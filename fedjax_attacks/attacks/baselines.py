@@ -16,20 +16,35 @@ from fedjax_attacks.attacks import stats
 from fedjax_attacks.attacks.base import Attack, AttackInput, check_positive, register
 
 
-def eb() -> Attack:
+EB_VARIANTS = ("ascent", "authors")
+
+
+def eb(variant: str = "ascent") -> Attack:
     """Explicit boosting (EB, Bhagoji et al. 2019, as used by the seed paper 000).
 
-    Each attacker runs gradient ascent on its own data: its update is its negated honest update ``-g_i`` (in
-    both sign conventions), boosted by ``w / m_t`` (#clients sampled / #attackers sampled this round) so that
-    under plain averaging the attackers together outweigh their share, ``g_i' = -(w / m_t) g_i``.
+    ``variant="ascent"``: each attacker runs gradient ascent on its own data: its update is its negated honest
+    update ``-g_i`` (in both sign conventions), boosted by ``w / m_t`` (#clients sampled / #attackers sampled this
+    round) so that under plain averaging the attackers together outweigh their share, ``g_i' = -(w / m_t) g_i``.
+
+    ``variant="authors"``: EB as the seed paper 000's code ran it (a bug kept for comparison, labelled so in every
+    table): the result of its gradient ascent is discarded and every attacker sends the last benign client's
+    update of the round (here the benign row of highest index), boosted by ``w / m_t``: a helpful update, not an
+    attack. It reads a benign update, so it needs full knowledge.
     """
+    if variant not in EB_VARIANTS:
+        raise ValueError(f"eb: variant must be one of {EB_VARIANTS}, got {variant!r}")
 
     def craft(key, inp: AttackInput):
         del key
         boost = inp.num_sampled / jnp.maximum(inp.num_malicious, 1).astype(inp.updates.dtype)
-        return -boost * inp.updates
+        if variant == "ascent":
+            return -boost * inp.updates
+        benign = ~inp.malicious_mask
+        last = jnp.max(jnp.where(benign, jnp.arange(inp.num_sampled), -1))
+        sent = jnp.where(last >= 0, inp.updates[jnp.maximum(last, 0)], 0.0)
+        return jnp.broadcast_to(boost * sent, inp.updates.shape)
 
-    return Attack(name="eb", craft=craft)
+    return Attack(name="eb", craft=craft, needs_full_knowledge=variant == "authors")
 
 
 def ipm(eps: float = 5.0) -> Attack:

@@ -7,7 +7,9 @@ this is the same rule for FedSGD gradients and FedAvg deltas: moving the aggrega
 update harms training in both conventions (for gradients, Fang's model-space ``s`` is ``-sign(mean g)`` and the
 crafted gradient ``-lambda sign(mean g)`` is what the model-space rule gives).
 
-Two variants: ``"median"`` (the attack on coordinate-wise median and trimmed mean) and ``"krum"``.
+Two variants: ``"median"`` (the attack on coordinate-wise median and trimmed mean) and ``"krum"``; and
+``"krum_authors"``, the Krum variant as the seed paper 000's code ran it (a bug kept for comparison, labelled so in
+every table).
 """
 
 import jax
@@ -17,7 +19,8 @@ from fedjax_attacks.aggregators import pairwise_sq_dists
 from fedjax_attacks.attacks import stats
 from fedjax_attacks.attacks.base import Attack, AttackInput, register
 
-VARIANTS = ("median", "krum")
+VARIANTS = ("median", "krum", "krum_authors")
+AUTHORS_TOLERANCE = 1e-5
 
 
 def lmp(variant: str = "median", b: float = 2.0, num_steps: int = 20) -> Attack:
@@ -39,8 +42,13 @@ def lmp(variant: str = "median", b: float = 2.0, num_steps: int = 20) -> Attack:
     (ties go to the larger lambda). Under Krum this is the largest lambda whose crafted update Krum selects; under
     any other rule in ``inp.aggregate`` it is the same search, aggregator-aware.
 
+    ``variant="krum_authors"``: the seed paper 000's code binary-searches lambda downward from the same bound,
+    but its check aggregates the uncrafted updates, so Krum never "selects" the crafted one: lambda halves until
+    the search interval is below ``AUTHORS_TOLERANCE`` (1e-5) and the attackers send ``-lambda s`` with lambda
+    below 1e-5, almost no update. The baseline "LMP" of that paper's Fig. 3 under Krum is this one.
+
     Args:
-      variant: ``"median"`` or ``"krum"``.
+      variant: ``"median"``, ``"krum"`` or ``"krum_authors"``.
       b: the factor range ``[1, b]`` of the median variant (Fang: 2; the seed paper: 2..5); ``b >= 1``.
       num_steps: how many halvings of lambda the Krum variant tries; ``>= 1``.
     """
@@ -52,6 +60,8 @@ def lmp(variant: str = "median", b: float = 2.0, num_steps: int = 20) -> Attack:
         raise ValueError(f"lmp: num_steps must be an int >= 1, got {num_steps!r}")
     if variant == "median":
         return Attack(name="lmp", craft=lambda key, inp: _craft_median(key, inp, b))
+    if variant == "krum_authors":
+        return Attack(name="lmp", craft=lambda key, inp: _craft_krum_authors(inp), needs_full_knowledge=True)
     return Attack(name="lmp", craft=lambda key, inp: _craft_krum(inp, num_steps), needs_full_knowledge=True)
 
 
@@ -85,6 +95,16 @@ def _craft_krum(inp: AttackInput, num_steps: int) -> jax.Array:
 
     best = lambdas[jnp.argmax(jax.vmap(deviation)(lambdas))]
     return jnp.broadcast_to(-best * s, inp.updates.shape)
+
+
+def _craft_krum_authors(inp: AttackInput) -> jax.Array:
+    """The seed paper's LMP-Krum: ``-lambda s`` with lambda the bound halved until at most ``AUTHORS_TOLERANCE``,
+    then halved once more (the search's last midpoint); the bound itself if it is already that small."""
+    s = jnp.sign(stats.masked_mean(inp.updates, ~inp.malicious_mask))
+    bound = krum_lambda_bound(inp.updates, inp.malicious_mask)
+    halvings = jnp.ceil(jnp.log2(jnp.maximum(bound, AUTHORS_TOLERANCE) / AUTHORS_TOLERANCE))
+    lam = jnp.where(bound > AUTHORS_TOLERANCE, bound * 0.5 ** (halvings + 1.0), bound)  # no search: the bound
+    return jnp.broadcast_to(-lam * s, inp.updates.shape)
 
 
 def krum_lambda_bound(updates: jax.Array, malicious_mask: jax.Array) -> jax.Array:

@@ -182,17 +182,19 @@ class QNetwork(nn.Module):
 
 
 class DeterministicActor(nn.Module):
-    """``obs -> tanh(...)`` in the unit box ``[-1, 1]^action_dim`` (TD3 actor)."""
+    """``obs -> tanh(z)`` in the unit box ``[-1, 1]^action_dim`` (TD3 actor); ``return_preactivation=True``
+    returns ``(tanh(z), z)``."""
 
     action_dim: int
     hidden: Sequence[int] = (256, 256)
 
     @nn.compact
-    def __call__(self, obs):
+    def __call__(self, obs, return_preactivation: bool = False):
         h = obs
         for width in self.hidden:
             h = nn.relu(nn.Dense(width)(h))
-        return nn.tanh(nn.Dense(self.action_dim)(h))
+        z = nn.Dense(self.action_dim)(h)
+        return (nn.tanh(z), z) if return_preactivation else nn.tanh(z)
 
 
 class TwinCritic(nn.Module):

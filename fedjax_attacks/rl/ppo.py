@@ -258,11 +258,86 @@ def make_learn(config: PPOConfig) -> Callable[[TrainState, Batch, chex.PRNGKey],
     return learn
 
 
+class PPOSteps(NamedTuple):
+    """PPO on an environment whose parameters are an argument of every call (they may change between calls
+    without recompiling): ``init(key, env_params) -> carry``, ``step(carry, env_params) -> (carry, metrics)`` (one
+    update: a rollout of ``num_steps`` x ``num_envs`` env steps, then the epochs) and ``act(params, obs) ->
+    env_action`` (the distribution's mode, in the environment's action space). ``carry`` is ``(TrainState,
+    env_state, obs, hook_state, key)``; ``metrics``: ``episode_return``, ``episodes``, ``reward`` (mean step
+    reward), the mean losses and the poisoning metrics."""
+
+    init: Callable
+    step: Callable
+    act: Callable
+
+
+def make_steps(config: PPOConfig, env, spec_params=None, poison: Callable = no_poison,
+               rollout_hook: RolloutHook = IDENTITY_HOOK, network: nn.Module | None = None) -> PPOSteps:
+    """PPO's ``init`` / ``step`` / ``act`` with the environment parameters passed at every call (arguments as
+    ``make_trainer``'s; ``spec_params``: the parameters the spaces are read with).
+
+    Raises:
+      ValueError: as ``make_trainer``.
+    """
+    config.validate()
+    spec = env_lib.spec(env, spec_params)
+    network = _checked_network(config, spec, network)
+    venv = make_env(config, env)
+    to_env_action = _action_mapper(spec)
+    num_updates = config.num_updates
+
+    def schedule(count):
+        frac = 1.0 - (count // (config.num_minibatches * config.update_epochs)) / num_updates
+        return config.learning_rate * frac
+
+    lr = schedule if config.anneal_lr else config.learning_rate
+    tx = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(lr, eps=1e-5))
+    learn = make_learn(config)
+
+    def rollout_step(carry, env_params):
+        train_state, env_state, obs, hook_state, key = carry
+        key, k_hook, k_act, k_env = jax.random.split(key, 4)
+        obs, hook_state = rollout_hook.observe(k_hook, hook_state, obs, train_state)
+        dist, value = train_state.apply_fn(train_state.params, obs)
+        action = dist.sample(k_act)
+        log_prob = dist.log_prob(action)
+        next_obs, env_state, reward, terminated, truncated, info = venv.step(
+            k_env, env_state, to_env_action(action), env_params)
+        reward, hook_state = rollout_hook.reward(hook_state, action, reward.astype(jnp.float32))
+        _, bootstrap_value = train_state.apply_fn(train_state.params, info["final_observation"])
+        transition = Batch(obs, action, reward, terminated, truncated, value, log_prob, bootstrap_value)
+        return (train_state, env_state, next_obs, hook_state, key), (transition, info)
+
+    def update_step(carry, env_params):
+        (train_state, env_state, obs, hook_state, key), (batch, info) = jax.lax.scan(
+            lambda c, _: rollout_step(c, env_params), carry, None, config.num_steps)
+        key, k_poison, k_epochs = jax.random.split(key, 3)
+        batch, poison_metrics = _check_poisoned(batch, poison(batch, train_state, k_poison))
+        train_state, losses = learn(train_state, batch, k_epochs)
+        episode_return, episodes = wrappers.episode_stats(info)
+        metrics = {"episode_return": episode_return, "episodes": episodes, "reward": jnp.mean(batch.rewards),
+                   **jax.tree.map(jnp.mean, losses), **poison_metrics}
+        return (train_state, env_state, obs, hook_state, key), metrics
+
+    def init(key: chex.PRNGKey, env_params):
+        key, k_init, k_env = jax.random.split(key, 3)
+        obs, env_state = venv.reset(k_env, env_params)
+        params = network.init(k_init, obs)
+        train_state = TrainState.create(apply_fn=network.apply, params=params, tx=tx)
+        return train_state, env_state, obs, rollout_hook.init(), key
+
+    def act(params, obs):
+        dist, _ = network.apply(params, obs)
+        return to_env_action(dist.mode())
+
+    return PPOSteps(init, update_step, act)
+
+
 def make_trainer(config: PPOConfig, env, env_params, poison: Callable = no_poison,
                  rollout_hook: RolloutHook = IDENTITY_HOOK, network: nn.Module | None = None) -> Trainer:
     """Builds PPO in the run protocol: ``Trainer(init, step, num_steps, finish)`` with one step = one update
     (a rollout of ``num_steps`` x ``num_envs`` env steps, then the epochs); ``run(key) -> TrainOutput`` and
-    ``run_with_progress(keys)`` (tqdm bar over env steps).
+    ``run_with_progress(keys)`` (tqdm bar over env steps); ``make_steps`` with ``env_params`` fixed.
 
     Args:
       config: hyperparameters (static).
@@ -280,59 +355,14 @@ def make_trainer(config: PPOConfig, env, env_params, poison: Callable = no_poiso
       ValueError: on an invalid config, an unsupported action space, or a ``network`` whose output does not
         fit the environment (checked with ``jax.eval_shape``, nothing is computed).
     """
-    config.validate()
-    spec = env_lib.spec(env, env_params)
-    network = _checked_network(config, spec, network)
-    venv = make_env(config, env)
-    to_env_action = _action_mapper(spec)
-    num_updates = config.num_updates
-
-    def schedule(count):
-        frac = 1.0 - (count // (config.num_minibatches * config.update_epochs)) / num_updates
-        return config.learning_rate * frac
-
-    lr = schedule if config.anneal_lr else config.learning_rate
-    tx = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(lr, eps=1e-5))
-    learn = make_learn(config)
-
-    def rollout_step(carry, _):
-        train_state, env_state, obs, hook_state, key = carry
-        key, k_hook, k_act, k_env = jax.random.split(key, 4)
-        obs, hook_state = rollout_hook.observe(k_hook, hook_state, obs, train_state)
-        dist, value = train_state.apply_fn(train_state.params, obs)
-        action = dist.sample(k_act)
-        log_prob = dist.log_prob(action)
-        next_obs, env_state, reward, terminated, truncated, info = venv.step(
-            k_env, env_state, to_env_action(action), env_params)
-        reward, hook_state = rollout_hook.reward(hook_state, action, reward.astype(jnp.float32))
-        _, bootstrap_value = train_state.apply_fn(train_state.params, info["final_observation"])
-        transition = Batch(obs, action, reward, terminated, truncated, value, log_prob, bootstrap_value)
-        return (train_state, env_state, next_obs, hook_state, key), (transition, info)
-
-    def update_step(carry):
-        train_state, env_state, obs, hook_state, key = carry
-        (train_state, env_state, obs, hook_state, key), (batch, info) = jax.lax.scan(
-            rollout_step, (train_state, env_state, obs, hook_state, key), None, config.num_steps)
-        key, k_poison, k_epochs = jax.random.split(key, 3)
-        batch, poison_metrics = _check_poisoned(batch, poison(batch, train_state, k_poison))
-        train_state, losses = learn(train_state, batch, k_epochs)
-        episode_return, episodes = wrappers.episode_stats(info)
-        metrics = {"episode_return": episode_return, "episodes": episodes,
-                   **jax.tree.map(jnp.mean, losses), **poison_metrics}
-        return (train_state, env_state, obs, hook_state, key), metrics
-
-    def init(key: chex.PRNGKey):
-        key, k_init, k_env = jax.random.split(key, 3)
-        obs, env_state = venv.reset(k_env, env_params)
-        params = network.init(k_init, obs)
-        train_state = TrainState.create(apply_fn=network.apply, params=params, tx=tx)
-        return train_state, env_state, obs, rollout_hook.init(), key
+    steps = make_steps(config, env, env_params, poison, rollout_hook, network)
 
     def finish(carry, metrics) -> TrainOutput:
         train_state, env_state, _, hook_state, _ = carry
         return TrainOutput(train_state=train_state, env_state=env_state, hook_state=hook_state, metrics=metrics)
 
-    return Trainer(init, update_step, num_updates, finish, unit="env step", unit_scale=config.batch_size, config=config)
+    return Trainer(lambda key: steps.init(key, env_params), lambda carry: steps.step(carry, env_params),
+                   config.num_updates, finish, unit="env step", unit_scale=config.batch_size, config=config)
 
 
 def make_policy(config: PPOConfig, env, env_params, params, obs_moments: wrappers.RunningMoments | None = None,

@@ -9,7 +9,7 @@ the unit box and are scaled to the environment's ``Box`` bounds, so arbitrary bo
 """
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import chex
 import jax
@@ -22,7 +22,7 @@ from fedjax_attacks.rl import env as env_lib
 from fedjax_attacks.rl import networks, replay, wrappers
 from fedjax_attacks.rl.replay import Transition
 from fedjax_attacks.runner import Trainer
-from fedjax_attacks.validation import check_in_range
+from fedjax_attacks.validation import check_flag, check_in_range
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,7 +30,15 @@ class TD3Config:
     """TD3 hyperparameters; defaults are CleanRL's ``td3_continuous_action``.
 
     Noise scales are in the unit action box (CleanRL's are multiplied by the action scale, the same thing).
-    Integer fields and ``hidden`` are static; the float fields may be traced (vmap over hyperparameters).
+    Integer fields, ``hidden`` and ``normalize_rewards`` are static; the float fields may be traced (vmap over
+    hyperparameters).
+
+    Two options (off by default, CleanRL has neither) for rewards of unknown, heavy-tailed scale:
+    ``normalize_rewards`` divides the rewards of every sampled minibatch by the standard deviation of the rewards
+    in the replay buffer and clips them to ``[-reward_clip, reward_clip]``; ``preactivation_penalty`` adds
+    ``preactivation_penalty * mean(z^2)`` over the actor's pre-``tanh`` outputs ``z`` to the actor loss, which
+    keeps the actor off ``tanh``'s saturation (where its gradient vanishes and the policy freezes on a corner of
+    the box whatever the state).
     """
 
     total_timesteps: int = 1_000_000
@@ -47,6 +55,9 @@ class TD3Config:
     policy_frequency: int = 2
     gradient_steps: int = 1
     hidden: Sequence[int] = (256, 256)
+    normalize_rewards: bool = False
+    reward_clip: float = 10.0
+    preactivation_penalty: float = 0.0
 
     @property
     def num_iterations(self) -> int:
@@ -56,8 +67,10 @@ class TD3Config:
     def validate(self) -> None:
         """Raises ``ValueError`` on inconsistent settings."""
         replay.validate_off_policy(self, ("num_envs", "batch_size", "policy_frequency", "gradient_steps", "buffer_size"))
-        for name in ("policy_noise", "exploration_noise", "noise_clip"):
+        for name in ("policy_noise", "exploration_noise", "noise_clip", "preactivation_penalty"):
             check_in_range(self, name, 0.0)
+        check_flag(self, "normalize_rewards")
+        check_in_range(self, "reward_clip", 0.0, low_open=True)
 
 
 @struct.dataclass
@@ -115,15 +128,38 @@ def make_train(config: TD3Config, env, env_params) -> Callable[[chex.PRNGKey], T
     return make_trainer(config, env, env_params).run
 
 
-def make_trainer(config: TD3Config, env, env_params) -> Trainer:
-    """Builds TD3 in the run protocol: ``Trainer(init, step, num_steps, finish)``, one step = one iteration
-    (``num_envs`` env steps, then ``gradient_steps`` updates once learning has started).
+class TD3Steps(NamedTuple):
+    """TD3 on an environment whose parameters are an argument of every call (they may change between calls
+    without recompiling, e.g. a simulator rebuilt from new data):
+
+    * ``init(key, env_params) -> carry``: fresh networks, an empty replay buffer, ``num_envs`` reset environments;
+    * ``step(carry, env_params) -> (carry, metrics)``: one iteration (``num_envs`` environment steps, then
+      ``gradient_steps`` updates once ``learning_starts`` transitions are stored);
+    * ``act(actor_params, obs) -> env_action``: the deterministic policy in the environment's action box;
+    * ``unit_act(actor_params, obs) -> unit_action``: the same in the unit box ``[-1, 1]``.
+
+    ``carry`` is ``(TD3State, ReplayBuffer, env_state, obs, key, iteration)``; ``metrics``: ``episode_return``
+    (mean of the episodes that ended, NaN if none), ``episodes`` (their count), ``reward`` (mean step reward) and
+    ``critic_loss`` (0 before learning starts).
+    """
+
+    init: Callable
+    step: Callable
+    act: Callable
+    unit_act: Callable
+
+
+def make_steps(config: TD3Config, env, spec_params=None) -> TD3Steps:
+    """TD3's ``init`` / ``step`` / ``act`` on ``env`` with the environment parameters passed at every call.
+
+    ``spec_params``: the parameters the action and observation spaces are read with (``None`` if ``env``'s spaces
+    do not depend on them).
 
     Raises:
       ValueError: on an invalid config or a discrete action space.
     """
     config.validate()
-    spec = env_lib.spec(env, env_params)
+    spec = env_lib.spec(env, spec_params)
     if spec.discrete:
         raise ValueError("TD3 needs a continuous (Box) action space")
     actor_net = networks.DeterministicActor(spec.num_actions, tuple(config.hidden))
@@ -131,6 +167,24 @@ def make_trainer(config: TD3Config, env, env_params) -> Trainer:
     venv = wrappers.VecEnv(wrappers.LogWrapper(env), config.num_envs)
     capacity = min(config.buffer_size, config.total_timesteps)
     tx = optax.adam(config.learning_rate)
+
+    def scaled_rewards(batch: Transition, buffer: replay.ReplayBuffer) -> Transition:
+        if not config.normalize_rewards:
+            return batch
+        valid = jnp.arange(buffer.capacity) < buffer.size
+        count = jnp.maximum(jnp.sum(valid), 1)
+        rewards = buffer.data.reward
+        mean = jnp.sum(jnp.where(valid, rewards, 0.0)) / count
+        std = jnp.sqrt(jnp.sum(jnp.where(valid, jnp.square(rewards - mean), 0.0)) / count)
+        scaled = jnp.clip(batch.reward / jnp.maximum(std, 1e-8), -config.reward_clip, config.reward_clip)
+        return batch._replace(reward=scaled)
+
+    def loss_of_actor(actor_params, critic_params, obs):
+        loss = actor_loss(actor_params, actor_net.apply, critic_net.apply, critic_params, obs)
+        if config.preactivation_penalty:
+            _, pre = actor_net.apply(actor_params, obs, return_preactivation=True)
+            loss = loss + config.preactivation_penalty * jnp.mean(jnp.square(pre))
+        return loss
 
     def update(learner: TD3State, batch, k_noise):
         targets = td_targets(k_noise, actor_net.apply, critic_net.apply, learner.actor_target,
@@ -141,8 +195,7 @@ def make_trainer(config: TD3Config, env, env_params) -> Trainer:
         learner = learner.replace(critic=critic, num_updates=learner.num_updates + 1)
 
         def policy_update(learner):
-            a_grads = jax.grad(actor_loss)(learner.actor.params, actor_net.apply, critic_net.apply,
-                                           learner.critic.params, batch.obs)
+            a_grads = jax.grad(loss_of_actor)(learner.actor.params, learner.critic.params, batch.obs)
             actor = learner.actor.apply_gradients(grads=a_grads)
             polyak = lambda t, o: optax.incremental_update(o, t, config.tau)
             return learner.replace(actor=actor, actor_target=polyak(learner.actor_target, actor.params),
@@ -152,13 +205,13 @@ def make_trainer(config: TD3Config, env, env_params) -> Trainer:
                                lambda l: l, learner)
         return learner, c_loss
 
-    def iteration(carry):
-        learner, buffer, env_state, obs, key, step = carry
+    def step(carry, env_params):
+        learner, buffer, env_state, obs, key, iteration = carry
         key, k_rand, k_noise, k_env, k_upd = jax.random.split(key, 5)
         explore = actor_net.apply(learner.actor.params, obs)
         explore = jnp.clip(explore + config.exploration_noise * jax.random.normal(k_noise, explore.shape), -1, 1)
         random = jax.random.uniform(k_rand, explore.shape, minval=-1.0, maxval=1.0)
-        action = jnp.where(step * config.num_envs < config.learning_starts, random, explore)
+        action = jnp.where(iteration * config.num_envs < config.learning_starts, random, explore)
         env_action = networks.scale_action(action, spec.action_low, spec.action_high)
         next_obs, env_state, reward, terminated, truncated, info = venv.step(k_env, env_state, env_action, env_params)
         buffer = replay.add(buffer, Transition(obs, action, reward.astype(jnp.float32),
@@ -167,19 +220,20 @@ def make_trainer(config: TD3Config, env, env_params) -> Trainer:
         # minibatches sampled outside the cond: a cond closing over the buffer copies all of it every iteration
         k_samples, k_noises = jnp.swapaxes(jax.vmap(jax.random.split)(jax.random.split(k_upd, config.gradient_steps)),
                                            0, 1)
-        batches = jax.vmap(lambda k: replay.sample(k, buffer, config.batch_size))(k_samples)
+        batches = jax.vmap(lambda k: scaled_rewards(replay.sample(k, buffer, config.batch_size), buffer))(k_samples)
 
         def learn(learner):
             learner, losses = jax.lax.scan(lambda l, xs: update(l, *xs), learner, (batches, k_noises))
             return learner, jnp.mean(losses)
 
-        learner, c_loss = jax.lax.cond((step + 1) * config.num_envs >= config.learning_starts, learn,
+        learner, c_loss = jax.lax.cond((iteration + 1) * config.num_envs >= config.learning_starts, learn,
                                        lambda l: (l, jnp.zeros(())), learner)
-        ep_return, _ = wrappers.episode_stats(info)
-        return (learner, buffer, env_state, next_obs, key, step + 1), {"episode_return": ep_return,
-                                                                        "critic_loss": c_loss}
+        ep_return, episodes = wrappers.episode_stats(info)
+        metrics = {"episode_return": ep_return, "episodes": episodes, "reward": jnp.mean(reward),
+                   "critic_loss": c_loss}
+        return (learner, buffer, env_state, next_obs, key, iteration + 1), metrics
 
-    def init(key: chex.PRNGKey):
+    def init(key: chex.PRNGKey, env_params):
         key, k_actor, k_critic, k_env = jax.random.split(key, 4)
         obs, env_state = venv.reset(k_env, env_params)
         dummy_action = jnp.zeros((config.num_envs, spec.num_actions))
@@ -193,11 +247,31 @@ def make_trainer(config: TD3Config, env, env_params) -> Trainer:
         buffer = replay.init(capacity, example)
         return learner, buffer, env_state, obs, key, jnp.zeros((), jnp.int32)
 
+    def unit_act(actor_params, obs):
+        return actor_net.apply(actor_params, obs)
+
+    def act(actor_params, obs):
+        return networks.scale_action(unit_act(actor_params, obs), spec.action_low, spec.action_high)
+
+    return TD3Steps(init, step, act, unit_act)
+
+
+def make_trainer(config: TD3Config, env, env_params) -> Trainer:
+    """Builds TD3 in the run protocol: ``Trainer(init, step, num_steps, finish)``, one step = one iteration
+    (``num_envs`` env steps, then ``gradient_steps`` updates once learning has started); ``make_steps`` with
+    ``env_params`` fixed.
+
+    Raises:
+      ValueError: on an invalid config or a discrete action space.
+    """
+    steps = make_steps(config, env, env_params)
+
     def finish(carry, metrics) -> TrainOutput:
         learner, buffer = carry[:2]
         return TrainOutput(learner=learner, buffer=buffer, metrics=metrics)
 
-    return Trainer(init, iteration, config.num_iterations, finish, unit="env step", unit_scale=config.num_envs, config=config)
+    return Trainer(lambda key: steps.init(key, env_params), lambda carry: steps.step(carry, env_params),
+                   config.num_iterations, finish, unit="env step", unit_scale=config.num_envs, config=config)
 
 
 def make_policy(config: TD3Config, env, env_params, actor_params) -> Callable[[chex.PRNGKey, chex.Array], chex.Array]:

@@ -23,17 +23,18 @@ from fedjax_attacks.rl_attack.execution import (
     RLAttack,
     RLState,
     RunReport,
+    attacker_rows,
     get_distiller,
     get_kit,
     make_rl_attack,
     run_with_progress,
 )
-from fedjax_attacks.rl_attack.policy import Learner, PolicyLearner, make_learner
+from fedjax_attacks.rl_attack.policy import STATE_DEPENDENCE_TOL, Learner, PolicyLearner, make_learner, state_dependent
 from fedjax_attacks.rl_attack.simulator import FLSimulator, SimParams, SimState, last_layer_indices
 
 __all__ = [
-    "ACTION_RANGES", "ActionSpace", "Attackers", "DISTRIBUTIONS", "Distiller", "FLSimulator", "Kit", "Learner",
+    "ACTION_RANGES", "STATE_DEPENDENCE_TOL", "ActionSpace", "Attackers", "DISTRIBUTIONS", "Distiller", "FLSimulator", "Kit", "Learner",
     "LearnedData", "OwnData", "PolicyLearner", "RLAttack", "RLAttackConfig", "RLState", "RunReport", "SimParams",
-    "SimState", "Snapshots", "get_distiller", "get_kit", "last_layer_indices", "make_crafter", "make_learner",
-    "make_rl_attack", "run_with_progress",
+    "SimState", "Snapshots", "attacker_rows", "get_distiller", "get_kit", "last_layer_indices", "make_crafter", "make_learner",
+    "make_rl_attack", "run_with_progress", "state_dependent",
 ]

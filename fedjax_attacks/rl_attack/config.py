@@ -62,6 +62,9 @@ class RLAttackConfig:
         Gaussian noise (0.3).
       heldout_fraction: share of the learned data held out for the reward (the loss increase on it).
       heldout_size: held-out rows (drawn once from that share) the reward's loss is measured on.
+      attacker_data: rows the attackers share (the paper: 200 images), drawn once without replacement from the
+        malicious clients' shards (``np.random.default_rng(FLConfig.partition_seed)``); ``None`` for all their
+        rows. The attackers never see a benign client's rows.
       own_capacity: rows the attackers' own data is padded to (``None``: the next multiple of 128); runs with
         equal capacities share compiled programs (e.g. a sweep over ``M``).
       action: ``"paper"`` ``(gamma, E, lambda)``, ``"reference"`` ``(eps, E)``, ``"fltrust"`` ``(eta_a, E,
@@ -76,11 +79,16 @@ class RLAttackConfig:
       root_guess_size: samples of the learned data standing in for FLTrust's unknown root data.
       horizon: simulated rounds per episode.
       num_envs: simulated FL episodes run in parallel (vmapped).
+      eval_episodes: held-out simulated episodes, after each chunk, on which the learner's current policy must
+        match the deployed one to replace it (``policy.make_learner``); they also give the state-dependence
+        diagnostic.
       episode_start: ``"latest"`` (episodes start from the latest global model an attacker received, aggregator
         state from ``init``) or ``"initial"`` (from the initial model theta_0, as the reference code).
       algorithm: ``"td3"`` (the paper's) or ``"ppo"``.
       td3, ppo: learner hyperparameters (``total_timesteps`` and ``num_envs`` there are ignored: the schedule
-        above decides).
+        above decides). TD3 normalises the rewards by the replay buffer's standard deviation (loss increases are
+        heavy-tailed: one diverging round outweighs a hundred) and penalises the actor's pre-``tanh`` outputs,
+        which keeps it off the box's corners.
     """
 
     tau_e: int = 30
@@ -99,6 +107,7 @@ class RLAttackConfig:
     noise_std: float = 0.3
     heldout_fraction: float = 0.2
     heldout_size: int = 128
+    attacker_data: Optional[int] = 200
     own_capacity: Optional[int] = None
     action: Optional[str] = None
     action_low: Optional[tuple] = None
@@ -110,10 +119,12 @@ class RLAttackConfig:
     root_guess_size: int = 100
     horizon: int = 20
     num_envs: int = 8
+    eval_episodes: int = 8
     episode_start: str = "latest"
     algorithm: str = "td3"
     td3: TD3Config = TD3Config(learning_rate=1e-3, batch_size=128, buffer_size=20_000, learning_starts=200,
-                               exploration_noise=0.2, hidden=(64, 64))
+                               exploration_noise=0.2, hidden=(64, 64), normalize_rewards=True,
+                               preactivation_penalty=1e-2)
     ppo: PPOConfig = PPOConfig(num_steps=20, update_epochs=4, num_minibatches=4, learning_rate=3e-4,
                                ent_coef=0.0, hidden=(64, 64))
 
@@ -138,12 +149,14 @@ class RLAttackConfig:
         fl_config.validate()
         for name in ("tau_e", "chunk_rounds", "policy_iterations", "images_per_round", "max_targets",
                      "inversion_steps", "inversion_restarts", "denoiser_steps", "denoiser_batch", "heldout_size",
-                     "attack_batch", "num_trajectories", "root_guess_size", "horizon", "num_envs"):
+                     "attack_batch", "num_trajectories", "root_guess_size", "horizon", "num_envs", "eval_episodes"):
             check_count(self, name)
         if self.policy_until is not None:
             check_count(self, "policy_until", 0)
         if self.own_capacity is not None:
             check_count(self, "own_capacity")
+        if self.attacker_data is not None:
+            check_count(self, "attacker_data")
         if self.tau_e >= fl_config.rounds:
             raise ValueError(f"RLAttackConfig.tau_e (tau_E={self.tau_e}) must be below the number of rounds "
                              f"FLConfig.rounds={fl_config.rounds}: the attack starts at round tau_E")

@@ -110,24 +110,27 @@ class Kit:
 
     def learn_policy(self, att: Attackers, num_malicious):
         """Phase 2, one chunk: restart the simulated episodes from the current start model and ``P~``, then
-        ``policy_iterations`` simulated rounds per episode of learning. Returns ``(att, metrics per step)``."""
+        ``policy_iterations`` simulated rounds per episode of learning, then the held-out choice of the deployed
+        policy (``PolicyLearner.select``). Returns ``(att, metrics)``: per step, and ``selection`` (the choice and
+        the state-dependence diagnostic)."""
         params = self.sim_params(att, num_malicious)
         learner = self.learner.reset(att.learner, params)
         learner, metrics = jax.lax.scan(lambda s, _: self.learner.step(s, params), learner, None, self.policy_steps)
-        return att.replace(learner=learner), metrics
+        learner, selection = self.learner.select(learner, params)
+        return att.replace(learner=learner), {**metrics, "selection": selection}
 
     @property
     def policy_steps(self) -> int:
         """Learner steps per chunk (``policy_iterations`` simulated rounds per environment, at least one step)."""
         return max(1, self.config.policy_iterations // self.learner.rounds_per_step)
 
-    def attack(self, agent, data: LearnedData) -> attacks.Attack:
-        """Phase 3's ``Attack``: ``craft`` feeds ``(theta_t, m_t)`` to the policy ``agent`` and crafts the
-        update of its action on ``P~``; every sampled attacker sends it."""
+    def attack(self, policy_params, data: LearnedData) -> attacks.Attack:
+        """Phase 3's ``Attack``: ``craft`` feeds ``(theta_t, m_t)`` to the deployed policy ``policy_params`` and
+        crafts the update of its action on ``P~``; every sampled attacker sends it."""
 
         def craft(key, inp: AttackInput):
             obs = observation(inp.global_params[self.env.observed], inp.malicious_mask)
-            crafted = self.craft(key, self.learner.act(agent, obs), inp.global_params, data)
+            crafted = self.craft(key, self.learner.act(policy_params, obs), inp.global_params, data)
             return jnp.broadcast_to(crafted, inp.updates.shape)
 
         return attacks.Attack(name=RL, craft=craft)
@@ -195,9 +198,10 @@ def get_distiller(config: RLAttackConfig, model, data_range: tuple, lr: float) -
 
 
 def _shared_config(config: RLAttackConfig) -> RLAttackConfig:
-    """``config`` without the fields a ``Kit`` does not depend on (the schedule, the variant, the padding)."""
+    """``config`` without the fields a ``Kit`` does not depend on (the schedule, the variant, the attackers' data
+    and its padding)."""
     return dataclasses.replace(config, tau_e=1, policy_until=0, chunk_rounds=1, distribution="learned",
-                               own_capacity=None)
+                               own_capacity=None, attacker_data=None)
 
 
 def get_kit(fl_config: fl.FLConfig, config: RLAttackConfig, space: ActionSpace, model, aggregator,
@@ -248,7 +252,8 @@ class RLAttack:
         FL simulation and compiled programs. ``ValueError`` for a field the real rounds depend on."""
         config = dataclasses.replace(self.config, **changes)
         config.validate(self.fl_config)
-        if config.tau_e != self.config.tau_e or _shared_config(config) != _shared_config(self.config):
+        if (config.tau_e != self.config.tau_e or config.attacker_data != self.config.attacker_data
+                or _shared_config(config) != _shared_config(self.config)):
             raise ValueError(f"RLAttack.variant: {sorted(changes)} change the real rounds or the attackers' kit; "
                              "build a new attack with make_rl_attack")
         return dataclasses.replace(self, config=config)
@@ -328,8 +333,8 @@ def make_rl_attack(fl_config: fl.FLConfig, config: RLAttackConfig, dataset, mode
     """Validates both configs (before anything is traced) and builds the attack around ``fl.make_simulation``.
 
     ``fl_config.attack`` is ignored; ``baselines`` is a sequence of ``(label, attack name, hparams)`` run by the
-    same program for comparison (modes ``1..len(baselines)``; mode 0 is no attack). The attackers' own data is the
-    union of the malicious clients' (ids ``< M``) shards of the partition.
+    same program for comparison (modes ``1..len(baselines)``; mode 0 is no attack). The attackers' own data is
+    ``attacker_rows``: ``config.attacker_data`` rows of the malicious clients' (ids ``< M``) shards.
 
     Raises:
       ValueError: naming the field: ``tau_e`` not below the rounds or not a multiple of ``eval_every``,
@@ -351,7 +356,7 @@ def make_rl_attack(fl_config: fl.FLConfig, config: RLAttackConfig, dataset, mode
             raise ValueError(f"baselines: {label!r} needs FLConfig.knowledge='full'")
     fl_config = dataclasses.replace(fl_config, attack="none", attack_hparams={})
     sim = fl.make_simulation(fl_config, dataset, model)
-    own_rows = np.concatenate([sim.partition.client_samples(k) for k in range(fl_config.num_malicious)])
+    own_rows = attacker_rows(sim.partition, fl_config, config)
     own = distribution.pad_own(dataset.x_train[own_rows], dataset.y_train[own_rows], config.own_capacity)
     data_range = (float(dataset.x_train.min()), float(dataset.x_train.max()))
     root_size = min(fl_config.root_size, len(dataset.y_train))
@@ -359,6 +364,17 @@ def make_rl_attack(fl_config: fl.FLConfig, config: RLAttackConfig, dataset, mode
     modes = ("none", *(label for label, _, _ in baselines), RL)
     block = _make_block(fl_config, config, sim, kit, built)
     return RLAttack(fl_config, config, kit, sim, own, modes, block)
+
+
+def attacker_rows(partition, fl_config: fl.FLConfig, config: RLAttackConfig) -> np.ndarray:
+    """Indices into the training set of the rows the attackers share: ``config.attacker_data`` of the union of the
+    malicious clients' (ids ``< M``) shards, drawn once without replacement with ``partition_seed`` (all of them
+    if ``attacker_data`` is ``None`` or at least their number), sorted."""
+    rows = np.concatenate([partition.client_samples(k) for k in range(fl_config.num_malicious)])
+    if config.attacker_data is None or config.attacker_data >= len(rows):
+        return np.sort(rows)
+    rng = np.random.default_rng(fl_config.partition_seed)
+    return np.sort(rng.choice(rows, config.attacker_data, replace=False))
 
 
 def _make_block(fl_config: fl.FLConfig, config: RLAttackConfig, sim: fl.Simulation, kit: Kit,
@@ -371,7 +387,7 @@ def _make_block(fl_config: fl.FLConfig, config: RLAttackConfig, sim: fl.Simulati
     def block(state: RLState, mode):
         check_index(mode, rl_mode + 1, "mode (an index into RLAttack.modes)", scalar=True)
         att = state.attackers
-        rl_attack = kit.attack(att.learner.agent, att.data)
+        rl_attack = kit.attack(att.learner.deployed, att.data)
         crafts = [lambda key, inp: inp.updates, *(a.craft for a in baselines), rl_attack.craft]
 
         def real_round(carry, _):

@@ -3,180 +3,161 @@
 Policy learning is interleaved with the real run (sec. 4.4): the learner's state (networks, optimiser, replay
 buffer, the ``num_envs`` vectorized simulator episodes) is kept between chunks, while the simulator's parameters
 (the learned distribution and the start model) are an argument of every step, so a new ``P~`` or a newer global
-model does not recompile anything. The updates are ``fedjax_attacks.rl``'s: ``td3.td_targets``,
-``td3.critic_loss``, ``td3.actor_loss`` with its networks and replay buffer; ``ppo.loss`` with ``gae.gae`` and
-``ppo.make_network``.
+model does not recompile anything. The algorithms are ``fedjax_attacks.rl``'s own (``td3.make_steps``,
+``ppo.make_steps``), which take the environment's parameters at every call; PPO's learning rate is constant here
+(``anneal_lr`` needs a total length, and policy learning is open-ended).
 
-``make_learner(config, env) -> PolicyLearner(init, step, act)``: ``init(key, env_params) -> Learner``,
-``step(learner, env_params) -> (learner, metrics)`` (one TD3 iteration: ``num_envs`` simulated rounds; one PPO
-update: ``num_steps`` of them), ``act(agent, obs) -> action`` (the deterministic policy, in the action box).
-PPO's learning rate is constant here (``anneal_lr`` needs a total length, and policy learning is open-ended).
+The policy the attackers deploy in the real run is chosen, after every chunk, on held-out simulated episodes: the
+learner's current policy replaces the deployed one only if its mean return (the held-out loss increase) on
+``eval_episodes`` fresh episodes is at least the deployed policy's on the same episodes (common random numbers).
+The same episodes give the diagnostic of whether the policy is a policy: the standard deviation over the visited
+states of its action in the unit box (``action_std``; a state-blind policy that sits on a corner of the box, the
+failure the reward normalisation and the actor's pre-``tanh`` penalty of ``RLAttackConfig.td3`` guard against,
+has 0) and the share of saturated action coordinates (``action_saturated``).
+
+``make_learner(config, env) -> PolicyLearner``: ``init(key, env_params) -> Learner``, ``step(learner,
+env_params) -> (learner, metrics)`` (one TD3 iteration: ``num_envs`` simulated rounds; one PPO update:
+``num_steps`` of them), ``select(learner, env_params) -> (learner, metrics)`` (the held-out choice), ``act(params,
+obs) -> action`` (the deterministic policy of policy parameters ``params``, in the action box).
 """
 
+import dataclasses
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import struct
-from flax.training.train_state import TrainState
 
 from fedjax_attacks.rl import env as env_lib
-from fedjax_attacks.rl import networks, ppo, replay, td3, wrappers
+from fedjax_attacks.rl import ppo, td3, wrappers
 from fedjax_attacks.rl_attack.config import RLAttackConfig
+
+# a policy whose unit-box action varies less than this (standard deviation over visited states) ignores the state
+STATE_DEPENDENCE_TOL = 0.05
 
 
 @struct.dataclass
 class Learner:
-    """A learner between steps: ``agent`` (TD3's ``TD3State`` or PPO's ``TrainState``), TD3's replay ``buffer``
-    (``()`` for PPO), the vectorized simulator's ``env_state`` and ``obs``, the PRNG ``key`` and ``steps``
-    (simulated rounds per environment so far)."""
+    """A learner between steps: the algorithm's ``carry`` (``td3.TD3Steps`` / ``ppo.PPOSteps``: networks,
+    optimiser, replay buffer, the vectorized simulator episodes), the ``deployed`` policy parameters (what the
+    real run's attackers act with), the PRNG ``key`` of the held-out episodes and ``steps`` (simulated rounds per
+    environment so far)."""
 
-    agent: Any
-    buffer: Any
-    env_state: Any
-    obs: jax.Array
+    carry: Any
+    deployed: Any
     key: jax.Array
     steps: jax.Array
 
 
 class PolicyLearner(NamedTuple):
-    """``init(key, env_params)``, ``step(learner, env_params)``, ``act(agent, obs)``, ``reset(learner,
-    env_params)`` (restart every simulated episode, e.g. after ``P~`` or the start model changed) and
-    ``rounds_per_step`` (simulated rounds per environment in one ``step``)."""
+    """``init(key, env_params)``, ``step(learner, env_params)``, ``select(learner, env_params)``, ``act(params,
+    obs)``, ``reset(learner, env_params)`` (restart every simulated episode, e.g. after ``P~`` or the start model
+    changed), ``evaluate(params, key, env_params) -> (mean return, unit actions [episodes, horizon, dim])`` (the
+    held-out episodes ``select`` compares on; ``select`` draws their key as ``jax.random.split(learner.key)[1]``)
+    and ``rounds_per_step`` (simulated rounds per environment in one ``step``)."""
 
     init: Callable
     step: Callable
+    select: Callable
     act: Callable
     reset: Callable
+    evaluate: Callable
+    rounds_per_step: int
+
+
+class _Algorithm(NamedTuple):
+    """What differs between TD3 and PPO here: their steps, where the policy parameters, the simulator episodes
+    and the learner's key sit in the carry, and simulated rounds per step."""
+
+    steps: Any
+    policy_params: Callable  # carry -> policy parameters
+    with_episodes: Callable  # (carry, env_state, obs) -> carry
     rounds_per_step: int
 
 
 def make_learner(config: RLAttackConfig, env) -> PolicyLearner:
     """The learner ``config.algorithm`` names, over ``config.num_envs`` copies of the simulator ``env``."""
-    spec = env_lib.spec(env, None)
-    venv = wrappers.VecEnv(wrappers.LogWrapper(env), config.num_envs)
-    make = _td3 if config.algorithm == "td3" else _ppo
-    init, step, act, rounds_per_step = make(config.learner_config, spec, venv)
+    learner_config = config.learner_config
+    if config.algorithm == "td3":
+        steps = td3.make_steps(learner_config, env)
+        algo = _Algorithm(steps, lambda c: c[0].actor.params,
+                          lambda c, env_state, obs: (c[0], c[1], env_state, obs, *c[4:]), 1)
+    else:
+        steps = ppo.make_steps(dataclasses.replace(learner_config, anneal_lr=False), env)
+        algo = _Algorithm(steps, lambda c: c[0].params,
+                          lambda c, env_state, obs: (c[0], env_state, obs, *c[3:]), learner_config.num_steps)
+    venv_reset = _vectorized_reset(env, config.num_envs)
+    evaluate = _make_evaluate(env, steps.act, config.eval_episodes)
+
+    def init(key, env_params) -> Learner:
+        k_algo, key = jax.random.split(key)
+        carry = steps.init(k_algo, env_params)
+        return Learner(carry, algo.policy_params(carry), key, jnp.zeros((), jnp.int32))
+
+    def step(learner: Learner, env_params):
+        carry, metrics = steps.step(learner.carry, env_params)
+        metrics = {k: metrics[k] for k in ("reward", "episode_return", "episodes", "critic_loss", "loss")
+                   if k in metrics}
+        return learner.replace(carry=carry, steps=learner.steps + algo.rounds_per_step), metrics
+
+    def select(learner: Learner, env_params):
+        key, k_eval = jax.random.split(learner.key)
+        candidate = algo.policy_params(learner.carry)
+        pair = jax.tree.map(lambda a, b: jnp.stack([a, b]), candidate, learner.deployed)
+        returns, unit_actions = jax.vmap(evaluate, in_axes=(0, None, None))(pair, k_eval, env_params)
+        better = returns[0] >= returns[1]
+        deployed = jax.tree.map(lambda a, b: jnp.where(better, a, b), candidate, learner.deployed)
+        chosen = jnp.where(better, unit_actions[0], unit_actions[1])  # [episodes, horizon, action dim]
+        flat = chosen.reshape(-1, chosen.shape[-1])
+        metrics = {"candidate_return": returns[0], "deployed_return": jnp.maximum(returns[0], returns[1]),
+                   "replaced": better, "action_std": jnp.mean(jnp.std(flat, axis=0)),
+                   "action_saturated": jnp.mean((jnp.abs(flat) > 0.98).astype(jnp.float32)),
+                   "action_mean": jnp.mean(flat, axis=0)}
+        return learner.replace(deployed=deployed, key=key), metrics
 
     def reset(learner: Learner, env_params) -> Learner:
         key, k_env = jax.random.split(learner.key)
-        obs, env_state = venv.reset(k_env, env_params)
-        return learner.replace(env_state=env_state, obs=obs, key=key)
+        obs, env_state = venv_reset(k_env, env_params)
+        return learner.replace(carry=algo.with_episodes(learner.carry, env_state, obs), key=key)
 
-    return PolicyLearner(init, step, act, reset, rounds_per_step)
-
-
-def episode_metrics(info) -> dict:
-    """Mean return (total held-out loss increase) of the simulated episodes that ended, NaN if none."""
-    mean, count = wrappers.episode_stats(info)
-    return {"episode_return": mean, "episodes": count}
+    return PolicyLearner(init, step, select, steps.act, reset, evaluate, algo.rounds_per_step)
 
 
-def _td3(config, spec, venv) -> PolicyLearner:
-    actor_net = networks.DeterministicActor(spec.num_actions, tuple(config.hidden))
-    critic_net = networks.TwinCritic(tuple(config.hidden))
-    tx = optax.adam(config.learning_rate)
-
-    def act(agent, obs):
-        return networks.scale_action(actor_net.apply(agent.actor.params, obs), spec.action_low, spec.action_high)
-
-    def init(key, env_params):
-        k_actor, k_critic, k_env, key = jax.random.split(key, 4)
-        obs, env_state = venv.reset(k_env, env_params)
-        dummy = jnp.zeros((venv.num_envs, spec.num_actions))
-        actor_params = actor_net.init(k_actor, obs)
-        critic_params = critic_net.init(k_critic, obs, dummy)
-        agent = td3.TD3State(
-            actor=TrainState.create(apply_fn=actor_net.apply, params=actor_params, tx=tx),
-            critic=TrainState.create(apply_fn=critic_net.apply, params=critic_params, tx=tx),
-            actor_target=actor_params, critic_target=critic_params, num_updates=jnp.zeros((), jnp.int32))
-        example = replay.Transition(obs[0], dummy[0], jnp.zeros(()), obs[0], jnp.zeros((), bool))
-        return Learner(agent, replay.init(config.buffer_size, example), env_state, obs, key, jnp.zeros((), jnp.int32))
-
-    def update(agent, buffer, key):
-        k_sample, k_noise = jax.random.split(key)
-        batch = replay.sample(k_sample, buffer, config.batch_size)
-        targets = td3.td_targets(k_noise, actor_net.apply, critic_net.apply, agent.actor_target, agent.critic_target,
-                                 batch, gamma=config.gamma, policy_noise=config.policy_noise,
-                                 noise_clip=config.noise_clip)
-        c_loss, c_grads = jax.value_and_grad(td3.critic_loss)(agent.critic.params, critic_net.apply, batch, targets)
-        agent = agent.replace(critic=agent.critic.apply_gradients(grads=c_grads), num_updates=agent.num_updates + 1)
-
-        def policy_update(agent):
-            a_grads = jax.grad(td3.actor_loss)(agent.actor.params, actor_net.apply, critic_net.apply,
-                                               agent.critic.params, batch.obs)
-            actor = agent.actor.apply_gradients(grads=a_grads)
-            polyak = lambda new, old: optax.incremental_update(new, old, config.tau)
-            return agent.replace(actor=actor, actor_target=polyak(actor.params, agent.actor_target),
-                                 critic_target=polyak(agent.critic.params, agent.critic_target))
-
-        agent = jax.lax.cond(agent.num_updates % config.policy_frequency == 0, policy_update, lambda a: a, agent)
-        return agent, c_loss
-
-    def step(learner: Learner, env_params):
-        key, k_rand, k_noise, k_env, k_upd = jax.random.split(learner.key, 5)
-        explore = actor_net.apply(learner.agent.actor.params, learner.obs)
-        explore = jnp.clip(explore + config.exploration_noise * jax.random.normal(k_noise, explore.shape), -1, 1)
-        random = jax.random.uniform(k_rand, explore.shape, minval=-1.0, maxval=1.0)
-        warm = learner.steps * venv.num_envs < config.learning_starts
-        unit_action = jnp.where(warm, random, explore)
-        env_action = networks.scale_action(unit_action, spec.action_low, spec.action_high)
-        obs, env_state, reward, terminated, _, info = venv.step(k_env, learner.env_state, env_action, env_params)
-        buffer = replay.add(learner.buffer, replay.Transition(learner.obs, unit_action, reward.astype(jnp.float32),
-                                                              info["final_observation"], terminated))
-
-        def learn(agent):
-            agent, losses = jax.lax.scan(lambda a, k: update(a, buffer, k), agent,
-                                         jax.random.split(k_upd, config.gradient_steps))
-            return agent, jnp.mean(losses)
-
-        ready = (learner.steps + 1) * venv.num_envs >= config.learning_starts
-        agent, c_loss = jax.lax.cond(ready, learn, lambda a: (a, jnp.zeros(())), learner.agent)
-        metrics = {"reward": jnp.mean(reward), "critic_loss": c_loss, **episode_metrics(info)}
-        return Learner(agent, buffer, env_state, obs, key, learner.steps + 1), metrics
-
-    return init, step, act, 1
+def state_dependent(selection_metrics) -> jax.Array:
+    """Whether the deployed policy's action varies with the state (``action_std`` above
+    ``STATE_DEPENDENCE_TOL``), from ``select``'s metrics."""
+    return selection_metrics["action_std"] > STATE_DEPENDENCE_TOL
 
 
-def _ppo(config, spec, venv) -> PolicyLearner:
-    network = ppo.make_network(config, spec)
-    tx = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(config.learning_rate, eps=1e-5))
-    learn = ppo.make_learn(config)
+def _vectorized_reset(env, num_envs: int) -> Callable:
+    """``reset(key, env_params) -> (obs, env_state)`` of ``num_envs`` episodes, as the algorithms' ``VecEnv`` of a
+    ``LogWrapper`` lays them out."""
+    return wrappers.VecEnv(wrappers.LogWrapper(env), num_envs).reset
 
-    def to_env(unit_action):
-        return networks.scale_action(unit_action, spec.action_low, spec.action_high)
 
-    def act(agent, obs):
-        dist, _ = network.apply(agent.params, obs)
-        return to_env(dist.mode())
+def _make_evaluate(env, act: Callable, num_episodes: int) -> Callable:
+    """``evaluate(policy_params, key, env_params) -> (mean return, unit actions f32[episodes, horizon, dim])``:
+    ``num_episodes`` simulated episodes of the deterministic policy, each one horizon long."""
+    spec = env_lib.spec(env, None)
 
-    def init(key, env_params):
-        k_init, k_env, key = jax.random.split(key, 3)
-        obs, env_state = venv.reset(k_env, env_params)
-        agent = TrainState.create(apply_fn=network.apply, params=network.init(k_init, obs), tx=tx)
-        return Learner(agent, (), env_state, obs, key, jnp.zeros((), jnp.int32))
+    def episode(params, key, env_params):
+        k_reset, k_steps = jax.random.split(key)
+        obs, state = env.reset(k_reset, env_params)
 
-    def rollout_step(carry, _, env_params):
-        agent, env_state, obs, key = carry
-        key, k_act, k_env = jax.random.split(key, 3)
-        dist, value = agent.apply_fn(agent.params, obs)
-        action = dist.sample(k_act)
-        next_obs, env_state, reward, terminated, truncated, info = venv.step(k_env, env_state, to_env(action),
-                                                                             env_params)
-        _, bootstrap = agent.apply_fn(agent.params, info["final_observation"])
-        batch = ppo.Batch(obs, action, reward.astype(jnp.float32), terminated, truncated, value,
-                          dist.log_prob(action), bootstrap)
-        return (agent, env_state, next_obs, key), (batch, info)
+        def body(carry, k):
+            obs, state = carry
+            action = act(params, obs)
+            unit = 2.0 * (action - spec.action_low) / (spec.action_high - spec.action_low) - 1.0
+            obs, state, reward, _, _ = env_lib.step_without_reset(env, k, state, action, env_params)
+            return (obs, state), (reward, unit)
 
-    def step(learner: Learner, env_params):
-        carry = (learner.agent, learner.env_state, learner.obs, learner.key)
-        (agent, env_state, obs, key), (batch, info) = jax.lax.scan(
-            lambda c, x: rollout_step(c, x, env_params), carry, None, config.num_steps)
-        key, k_epochs = jax.random.split(key)
-        agent, losses = learn(agent, batch, k_epochs)
-        metrics = {"reward": jnp.mean(batch.rewards), **episode_metrics(jax.tree.map(lambda x: x.reshape(-1), info)),
-                   "loss": jnp.mean(losses["loss"])}
-        return Learner(agent, (), env_state, obs, key, learner.steps + config.num_steps), metrics
+        keys = jax.random.split(k_steps, env_params.max_steps_in_episode)
+        _, (rewards, units) = jax.lax.scan(body, (obs, state), keys)
+        return jnp.sum(rewards), units
 
-    return init, step, act, config.num_steps
+    def evaluate(params, key, env_params):
+        returns, units = jax.vmap(episode, in_axes=(None, 0, None))(params, jax.random.split(key, num_episodes),
+                                                                     env_params)
+        return jnp.mean(returns), units
+
+    return evaluate
