@@ -290,12 +290,12 @@ def readme_tables(results: dict) -> str:
              + f" (`python -m benchmarks.rl_attack` with `{_flags(cfg)}`; device {results['environment']['devices']})."
              " Final test accuracy, mean +- 95% CI over seeds:", ""]
     if "fig3" in results:
-        modes = list(next(iter(results["fig3"].values()))["final"])
+        modes = list(dict.fromkeys(m for entry in results["fig3"].values() for m in entry["final"]))
         lines += ["| setting | " + " | ".join(modes) + " |", "|---" * (len(modes) + 1) + "|"]
         for key, entry in results["fig3"].items():
             final = entry["final"]
             lines.append(f"| {key} | " + " | ".join(common.mean_ci(final[m]["mean"], final[m]["std"], n)
-                                                  for m in modes) + " |")
+                                                  if m in final else "n/a" for m in modes) + " |")
         lines += ["", "`*_authors`: the baseline as the authors' code ran it (EB sends the last benign update boosted; "
                   "LMP-Krum's search shrinks its step to ~0); the others as their papers define them.", "",
                   "Claim (RL ends below every correctly implemented baseline):"]

@@ -26,7 +26,8 @@ inverted_pendulum (extra feature; the target is the sign +1 of the continuous ac
 actions and is not run). On the ablation environment (DeepSea) the budget is also set by the number of poisoned
 states over the run (``--ablation-counts``) and by other reward scales k (``--ablation-rewards``). Claims
 checked: SleeperNets' ASR >= 0.99 with BRR >= 0.9, its ASR above both baselines' at the same budget (on the
-costly target by a wide margin), its poisoning rate falling.
+costly target by a wide margin; there also the seeds backdoored with ASR >= 0.99 AND BRR >= 0.9, since an ASR of 1
+can also come from the clean policy collapsing onto the target), its poisoning rate falling.
 
     python -m benchmarks.sleepernets                  # default table (5 seeds, short runs) + DeepSea ablation
     python -m benchmarks.sleepernets --write-readme   # ... and render README.md's SleeperNets section from it
@@ -355,8 +356,21 @@ def claims(results):
             baseline = max(table[b]["asr"]["mean"] for b in ("trojdrl", "badrl") if b in table)
             row.update({"best_alpha": best["alpha"], "best_alpha_asr": best["asr"]["mean"],
                         "margin_over_baselines": best["asr"]["mean"] - baseline})
+            # A seed counts as backdoored only with ASR >= 0.99 AND BRR >= 0.9: on DeepSea an ASR of 1 also comes
+            # from PPO's clean policy collapsing onto the target (return 0), which the mean ASR counts as success.
+            row["backdoored_seeds"] = {(NAMES[v["attack"]] + (f" alpha={v['alpha']:g}" if v["attack"] ==
+                                                              "sleepernets" else "")): backdoored_seeds(v)
+                                       for v in same + [table[b] for b in ("trojdrl", "badrl") if b in table]}
         out[name] = row
     return out
+
+
+def backdoored_seeds(stats):
+    """Seeds of one configuration (a ``by_config`` entry) whose agent is backdoored and stealthy: ASR >= 0.99
+    and BRR >= 0.9 (a NaN BRR, where the clean return is not positive, does not count)."""
+    asr = np.asarray(stats["asr"]["per_seed"], np.float64)
+    brr = np.asarray([np.nan if b is None else b for b in stats["brr"]["per_seed"]], np.float64)
+    return int(np.sum((asr >= 0.99) & (np.nan_to_num(brr, nan=-np.inf) >= 0.9)))
 
 
 def plot_curves(results, path):

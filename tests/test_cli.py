@@ -194,6 +194,29 @@ def test_leaderboard_toy_takes_the_worst_attack_per_defense(tmp_path):
     assert (out / "plots" / "leaderboard_fl.png").exists() and (out / "plots" / "matrix_digits.png").exists()
 
 
+@pytest.mark.slow  # trains the RL attack's inversion, denoiser and TD3 (~1.5 min on 2 cores)
+def test_leaderboard_with_the_rl_attack_adds_its_row_and_skips_what_it_cannot_mirror(tmp_path):
+    out = tmp_path / "board"
+    fields = {**TOY_FL, "num_clients": 10, "num_malicious": 3, "clients_per_round": 5, "rounds": 8, "eval_every": 4}
+    rc = main(["leaderboard", "datasets=[digits]", "seeds=2", f"out={out}", "frl.enabled=false",
+               *[f"fl.{k}={v}" for k, v in fields.items()],
+               "attacks={none: {name: none}, flip: {name: sign_flip}}",
+               "defenses={median: {name: median}, cc: {name: centered_clipping}}",
+               "rl_attack.enabled=true", "rl_attack.tau_e=4", "rl_attack.policy_iterations=2",
+               "rl_attack.num_envs=2", "rl_attack.horizon=2"])
+    assert rc == 0
+    board = json.loads((out / "leaderboard.json").read_text())
+    digits = board["fl"]["results"]["digits"]
+    rl = digits["matrix"]["rl_attack"]
+    assert 0.0 <= rl["median"] <= 1.0  # the RL attack ran against the stateless median
+    assert "cc" in digits["rl_attack_not_run"] and "state" in digits["rl_attack_not_run"]["cc"]
+    column = {a: digits["matrix"][a]["median"] for a in ("flip", "rl_attack")}
+    assert digits["worst_case"]["median"] == min(column.values())
+    assert digits["worst_attack"]["cc"] == "flip"  # no RL entry for the rule it cannot mirror
+    text = (out / "leaderboard.md").read_text()
+    assert "RL attack on digits" in text and "cc not mirrorable" in text
+
+
 def test_leaderboard_command_refuses_another_experiment(tmp_path):
     with pytest.raises(ValueError, match="leaderboard"):
         run(_write(tmp_path, TOY_SWEEP), [], experiment="leaderboard")

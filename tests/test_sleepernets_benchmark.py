@@ -83,6 +83,23 @@ def _row(attack, asr, alpha=0.5, budget=0.005, reward=0.25):
             "reward_perturbation": stats([0.5, 0.7] if attack != "none" else [float("nan")] * 2)}
 
 
+def test_costly_target_claims_count_only_seeds_backdoored_with_benign_return():
+    """An ASR of 1 with BRR 0 (the clean policy collapsed onto the target) is not a backdoored seed."""
+    rows = {"none": _row("none", [0.0, 0.0]), "sleepernets": _row("sleepernets", [0.1, 0.0]),
+            "trojdrl": _row("trojdrl", [0.0, 0.0]), "badrl": _row("badrl", [0.995, 0.0])}
+    collapsed = _row("sleepernets", [1.0, 1.0], alpha=1.0)
+    collapsed["brr"] = {"mean": 0.5, "std": 0.5, "per_seed": [0.0, 1.0]}
+    rows["badrl"]["brr"] = {"mean": float("nan"), "std": 0.0, "per_seed": [None, 1.0]}
+    for stats in rows.values():
+        stats["curves"] = {"poisoning_rate_per_update": np.full(8, 0.005)}
+    configs = {"main": rows["sleepernets"], "a1": collapsed, "t": rows["trojdrl"], "b": rows["badrl"]}
+    verdict = sleepernets.claims({"DeepSea-bsuite": {"table": rows, "configs": configs, "costly": True}})
+    row = verdict["DeepSea-bsuite"]
+    assert row["best_alpha"] == 1.0 and row["margin_over_baselines"] == pytest.approx(1.0 - 0.4975)
+    assert row["backdoored_seeds"] == {"SleeperNets alpha=0.5": 0, "SleeperNets alpha=1": 1, "TrojDRL-W": 0,
+                                       "BadRL-M": 0}
+
+
 def test_readme_renderer_reproduces_the_numbers_of_a_small_results_json(tmp_path):
     rows = {"none": _row("none", [0.0, 0.1]), "sleepernets": _row("sleepernets", [0.8, 1.0]),
             "trojdrl": _row("trojdrl", [0.2, 0.3]), "badrl": _row("badrl", [0.3, 0.3])}

@@ -115,6 +115,21 @@ class FRLBoard:
 
 
 @dataclasses.dataclass
+class RLAttackBoard:
+    """The RL attack (seed paper 000) as one more attack of the FL leaderboard (off by default: it trains a
+    policy per defense). It attacks the ``fl`` section's run on each dataset; defenses the attackers' simulator
+    cannot mirror (stateful rules, rules without an action range) are reported as such and left out of its row.
+    ``tau_e`` must be a multiple of ``fl.eval_every``; policy learning runs every ``tau_e`` rounds until
+    ``2 tau_e``."""
+
+    enabled: bool = False
+    tau_e: int = 50
+    policy_iterations: int = 100
+    num_envs: int = 8
+    horizon: int = 20
+
+
+@dataclasses.dataclass
 class LeaderboardConfig(_Common):
     """``experiment: leaderboard``: per defense, the worst final accuracy over every attack (FL) and the worst
     final return over every behaviour (FRL). Empty ``attacks`` / ``defenses`` mean the defaults of
@@ -130,6 +145,7 @@ class LeaderboardConfig(_Common):
     attacks: Dict[str, Member] = dataclasses.field(default_factory=dict)
     defenses: Dict[str, Member] = dataclasses.field(default_factory=dict)
     vmap_attacks: Optional[bool] = None
+    rl_attack: RLAttackBoard = dataclasses.field(default_factory=RLAttackBoard)
     frl: FRLBoard = dataclasses.field(default_factory=FRLBoard)
 
 
