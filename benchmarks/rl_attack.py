@@ -207,12 +207,12 @@ class Runner:
         return ra.make_rl_attack(self.fl_config(aggregator, partition, q, num_malicious), config, self.dataset,
                                  self.model, baselines=baselines(aggregator))
 
-    def run(self, rl, label, modes=None):
-        """Accuracy curves ``{mode: f32[seeds, blocks]}`` of ``rl`` for ``modes`` (default: all)."""
+    def run(self, rl, label, attack_labels=None):
+        """Accuracy curves ``{mode: f32[seeds, blocks]}`` of ``rl`` for ``attack_labels`` (default: all of ``rl``'s)."""
         curves, reports = {}, {}
-        for mode in modes or rl.modes:
+        for mode in attack_labels or rl.attack_labels:
             start = time.perf_counter()
-            report = ra.run_with_progress(rl, self.keys, rl.modes.index(mode), desc=f"{label} {mode}")
+            report = ra.run_with_progress(rl, self.keys, rl.attack_labels.index(mode), desc=f"{label} {mode}")
             curves[mode] = np.asarray(report.history.test_accuracy)
             reports[mode] = report
             self.timings.append(self.timing(label, mode, rl, report, time.perf_counter() - start))
@@ -227,7 +227,7 @@ class Runner:
             row["real_rounds_per_s"] = fl_calls * rl.fl_config.eval_every * seeds / report.steady_s("fl_rounds")
         policy_calls = report.steady_calls("policy")
         if policy_calls:
-            per_call = rl.kit.policy_steps * rl.kit.learner.rounds_per_step * rl.config.num_envs * seeds
+            per_call = rl.phases.policy_steps * rl.phases.learner.rounds_per_step * rl.config.num_envs * seeds
             row["simulated_rounds_per_s"] = policy_calls * per_call / report.steady_s("policy")
         row["simulated_rounds"] = report.simulated_rounds * seeds
         row["real_rounds"] = report.real_rounds * seeds
@@ -365,7 +365,7 @@ def main(argv=None):
         for partition in ("iid", "q_noniid"):
             for aggregator in aggs:
                 rl = runner.attack(aggregator, partition)
-                results["action_spaces"][aggregator] = dataclasses.asdict(rl.kit.space)
+                results["action_spaces"][aggregator] = dataclasses.asdict(rl.phases.space)
                 results.setdefault("aggregator_hparams", {})[aggregator] = runner.hparams(aggregator)
                 curves, reports = runner.run(rl, f"{partition}/{aggregator}")
                 fig3[f"{partition}/{aggregator}"] = curves

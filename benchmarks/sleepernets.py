@@ -115,6 +115,9 @@ def parse_args(argv=None):
     p.add_argument("--alpha", type=float, default=0.5, help="SleeperNets' alpha in the main table")
     p.add_argument("--alphas", default="0,0.5,1", help="SleeperNets' alphas on the costly-target tasks")
     p.add_argument("--steps-scale", type=float, default=1.0, help="multiplies every environment's run length")
+    p.add_argument("--ent-coef", type=float, default=None,
+                   help="PPO's entropy coefficient for every environment (default: each one's, 0.01 but brax 0); "
+                        "the victim's exploration: DeepSea's PPO is near-deterministic within ~20 updates at 0.01")
     p.add_argument("--trigger-size", type=int, default=3, help="side of the MinAtar image trigger (cells)")
     p.add_argument("--trigger-channels", default="",
                    help="channels of the MinAtar image trigger, comma-separated ('' = every channel; "
@@ -160,6 +163,8 @@ def parse_args(argv=None):
         args.speed_repeats, args.eval_episodes, args.dqn_steps = 3, 4, 4_000
     if not 0.0 < args.budget <= 1.0:
         p.error(f"--budget must lie in (0, 1], got {args.budget}")
+    if args.ent_coef is not None and not 0.0 <= args.ent_coef < float("inf"):
+        p.error(f"--ent-coef must be finite and >= 0, got {args.ent_coef}")
     if args.ablation_env and args.ablation_env not in SETUPS:
         p.error(f"unknown --ablation-env {args.ablation_env!r}: choose from {list(SETUPS)}")
     for value, name in ((args.reward_scale, "--reward-scale"), *(((args.reward, "--reward"),) if args.reward
@@ -202,6 +207,8 @@ def make_env(name, args=None):
 def ppo_config(args, name, num_updates=None):
     """The PPO configuration of ``name`` (default table, or the reference's with ``--paper``)."""
     setup = SETUPS[name]
+    if args.ent_coef is not None:
+        setup = dataclasses.replace(setup, ent_coef=args.ent_coef)
     if args.paper:
         cfg = ppo.PPOConfig(num_envs=8, num_steps=200, learning_rate=2.5e-4, clip_eps=0.1, update_epochs=4,
                             num_minibatches=4, ent_coef=setup.ent_coef, total_timesteps=setup.paper_steps)
@@ -260,7 +267,8 @@ def run_env(args, name, key):
     keys = jnp.stack([seeds[s] for _, s in runs])
     trainer = backdoor.make_comparison(cfg, env, params, config, trigger, network=network, q=q, attacks=attacks)
     start = time.perf_counter()
-    out = backdoor.run_comparison(trainer, keys, backdoor.run_settings(attacks, [cc for cc, _ in runs]), desc=name)
+    out = trainer.run_with_progress(keys, backdoor.run_settings(attacks, [cc for cc, _ in runs]), sweep=True,
+                                    desc=name)
     train_s = time.perf_counter() - start
     apply_fn = out.train_state.apply_fn
     max_steps = SETUPS[name].eval_max_steps
@@ -314,8 +322,9 @@ def measure_speed(args, name, key):
                 "SleeperNets": backdoor.make_trainer(cfg, env, params, "sleepernets", config, trigger, network)}
     programs = {}
     for label, trainer in tqdm(trainers.items(), desc=f"{name} speed: compile", leave=False):
-        run = jax.jit(jax.vmap(lambda c, t=trainer: runner.scan_steps(t.step, c, args.speed_updates)))
-        carry = jax.jit(jax.vmap(trainer.init))(keys)
+        run = jax.jit(jax.vmap(lambda c, t=trainer: runner.scan_steps(lambda s: t.step(s, t.params), c,
+                                                                       args.speed_updates)))
+        carry = jax.jit(jax.vmap(lambda k, t=trainer: t.init(k, t.params)))(keys)
         jax.block_until_ready(run(carry))
         programs[label] = (run, carry)
     wall = {label: [] for label in programs}

@@ -1,10 +1,13 @@
-"""The one run protocol shared by FL, PPO, TD3, DQN, ByzPG and DecByzPG, and its chunked runner.
+"""The one run protocol shared by FL, PPO, TD3, DQN, ByzPG, DecByzPG and SleeperNets, and its chunked runner.
 
-Every long run is ``init(key) -> state`` and ``step(state) -> (state, metrics)`` for one unit of work (an FL
-evaluation block, a PPO update, a DecByzPG iteration); ``run(key)`` is ``lax.scan`` of ``step`` from ``init``.
-``run_chunked`` runs the same scan in jitted chunks from Python, so a tqdm bar moves without callbacks in the hot
-loop; it is also the one place a checkpoint hook belongs. Its result equals ``run`` (``vmap(run)`` for a batch of
-keys).
+Every long run is a ``Trainer``: ``init(key, params) -> state`` and ``step(state, params) -> (state, metrics)``
+for one unit of work (an FL evaluation block, a PPO update, a DecByzPG iteration), where ``params`` is a traced
+pytree of what a sweep varies (``FLParams`` for FL, the environment's parameters for PPO/TD3/DQN,
+``RunSettings`` for SleeperNets' comparison); ``run(key, params)`` is ``lax.scan`` of ``step`` from ``init``, and a
+sweep is ``jax.vmap`` over keys and params. ``run_chunked`` runs the same scan in jitted chunks from Python, so a
+tqdm bar moves without callbacks in the hot loop; it is the one driver of long runs, and the one place for
+checkpoints and for ``on_chunk(steps_done, state)`` (logging, evaluation). Its result equals ``run`` (``vmap(run)``
+for a batch of keys).
 """
 
 import hashlib
@@ -27,18 +30,19 @@ def scan_steps(step: Callable, state: Any, num_steps: int):
     return jax.lax.scan(lambda carry, _: step(carry), state, None, length=num_steps)
 
 
-def run_chunked(init: Callable, step: Callable, num_steps: int, key: jax.Array, *, chunk: Optional[int] = None,
-                desc: str = "run", unit: str = "step", unit_scale: int = 1, progress: bool = True,
+def run_chunked(trainer: "Trainer", key: jax.Array, params: Any = None, *, sweep: bool = False,
+                chunk: Optional[int] = None, desc: str = "run", progress: bool = True,
                 checkpoint_dir: Optional[str] = None, checkpoint_every: int = 1, config: Any = None,
-                on_chunk: Optional[Callable[[int], None]] = None):
-    """Runs ``init`` then ``num_steps`` calls of ``step`` in jitted chunks of ``chunk`` steps, with a tqdm bar.
+                on_chunk: Optional[Callable[[int, Any], None]] = None):
+    """Runs ``trainer.init`` then ``trainer.num_steps`` calls of ``trainer.step`` in jitted chunks of ``chunk``
+    steps, with a tqdm bar (in ``trainer.unit``, ``trainer.unit_scale`` per step).
 
     With ``checkpoint_dir`` the whole run state (the carry and the metrics so far) is saved with orbax every
     ``checkpoint_every`` chunks, and a call finding a checkpoint there resumes from the latest one: a run killed
     after chunk k (or at any moment of a save) and started again with the same arguments ends with a
     bit-identical state and metrics. Use the same ``chunk`` when resuming. States must hold raw ``uint32`` PRNG
-    keys (``jax.random.PRNGKey``), which orbax can save. ``on_chunk(steps_done)`` is called after each chunk
-    (logging, or interrupting a test).
+    keys (``jax.random.PRNGKey``), which orbax can save. ``on_chunk(steps_done, state)`` is called after each
+    chunk with the state reached (logging, evaluating the policy so far, or interrupting a test).
 
     Each checkpoint records what it is a checkpoint of: the key, ``num_steps``, ``config`` and the state's
     shapes; a resume with any of them different is refused. It also records a SHA-256 of itself: a damaged
@@ -46,73 +50,93 @@ def run_chunked(init: Callable, step: Callable, num_steps: int, key: jax.Array, 
     step before it (two are kept).
 
     Args:
-      init: ``init(key) -> state``.
-      step: ``step(state) -> (state, metrics)`` (a pytree of arrays).
-      num_steps: how many steps the whole run takes (static).
+      trainer: the run (``Trainer``).
       key: one PRNG key, or a batch of keys (shape ``[S]`` of typed keys or ``[S, 2]`` of raw ``uint32`` keys),
         in which case every seed runs at once under ``vmap``.
+      params: the ``params`` of ``init`` and ``step`` (default ``trainer.params``); shared by every seed unless
+        ``sweep``.
+      sweep: ``params`` has a leading axis of the keys' ``S``: run ``i`` uses key ``i`` and params ``i`` (a sweep
+        of configurations, e.g. SleeperNets' attacks x budgets x seeds, in one program).
       chunk: steps per jitted call (default: about 20 chunks); the last chunk may be shorter (one more compile).
-      desc, unit, unit_scale: the bar's label, unit name and units per step (e.g. rounds per FL block).
+      desc: the bar's label.
       progress: show the bar.
       config: the run's configuration (an ``FLConfig``, a ``PPOConfig``, a dict: anything ``results.to_json``
-        takes), recorded with the checkpoints; resuming a checkpoint of another config is refused.
+        takes; default ``trainer.config``), recorded with the checkpoints; resuming a checkpoint of another
+        config is refused.
 
     Returns:
       ``(final state, metrics stacked over steps)``; with a batch of keys both have a leading seed axis and the
-      step axis is axis 1. Identical to ``scan_steps(step, init(key), num_steps)`` (vmapped for a batch).
+      step axis is axis 1. Identical to ``scan_steps(lambda s: step(s, params), init(key, params), num_steps)``
+      (vmapped for a batch).
 
     Raises:
-      ValueError: ``checkpoint_dir`` is not a directory (or cannot be one), or holds a checkpoint of another run
-        (the message lists what differs), or holds no intact checkpoint.
+      ValueError: ``num_steps`` or ``chunk`` not an int >= 1, ``sweep`` without a batch of keys or with params
+        whose leading axis is not the keys', ``checkpoint_dir`` not a directory (or unable to be one), or holding
+        a checkpoint of another run (the message lists what differs), or no intact checkpoint.
     """
+    num_steps = trainer.num_steps
     if not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"run_chunked: num_steps must be an int >= 1, got {num_steps!r}")
     batched = _is_key_batch(key)
+    params = trainer.params if params is None else params
+    if sweep:
+        _check_sweep(key, params, batched)
     chunk = chunk or max(1, num_steps // 20)
     if not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"run_chunked: chunk must be an int >= 1, got {chunk!r}")
     chunk = min(chunk, num_steps)
+    config = trainer.config if config is None else config
 
-    def run_chunk(state, length):
-        return scan_steps(step, state, length)
+    def run_chunk(state, params, length):
+        return scan_steps(lambda s: trainer.step(s, params), state, length)
 
     if checkpoint_dir is not None and (not isinstance(checkpoint_every, int) or checkpoint_every < 1):
         raise ValueError(f"run_chunked: checkpoint_every must be an int >= 1, got {checkpoint_every!r}")
     checkpoints = None if checkpoint_dir is None else _Checkpoints(checkpoint_dir)
-    wrap = jax.vmap if batched else (lambda f, **_: f)
+    wrap = (lambda f: jax.vmap(f, in_axes=(0, 0 if sweep else None))) if batched else (lambda f: f)
     axis = 1 if batched else 0
     chunk_fns = {}
 
     def chunk_fn(length):
         if length not in chunk_fns:
-            chunk_fns[length] = jax.jit(wrap(lambda s, n=length: run_chunk(s, n)))
+            chunk_fns[length] = jax.jit(wrap(lambda s, p, n=length: run_chunk(s, p, n)))
         return chunk_fns[length]
 
-    state = jax.jit(wrap(init))(key)
+    state = jax.jit(wrap(trainer.init))(key, params)
     pieces, done, chunks = [], 0, 0
     if checkpoints is not None:
         run = {"key": _key_json(key), "num_steps": num_steps, "config": to_json(config), "state": _shapes(state)}
-        metrics_shape = lambda steps: jax.eval_shape(wrap(lambda s: run_chunk(s, steps)), state)[1]
+        metrics_shape = lambda steps: jax.eval_shape(wrap(lambda s, p: run_chunk(s, p, steps)), state, params)[1]
         done, resumed = checkpoints.resume(run, state, metrics_shape)
         if resumed is not None:
             state, metrics = resumed
             pieces.append(metrics)
-    with tqdm(total=num_steps * unit_scale, initial=done * unit_scale, desc=desc, unit=unit,
-              disable=not progress) as bar:
+    with tqdm(total=num_steps * trainer.unit_scale, initial=done * trainer.unit_scale, desc=desc, unit=trainer.unit,
+              unit_scale=trainer.unit_scale > 1, disable=not progress) as bar:
         while done < num_steps:
             length = min(chunk, num_steps - done)
-            state, metrics = chunk_fn(length)(state)
+            state, metrics = chunk_fn(length)(state, params)
             jax.block_until_ready(state)
             pieces.append(metrics)
             done += length
             chunks += 1
-            bar.update(length * unit_scale)
+            bar.update(length * trainer.unit_scale)
             if checkpoints is not None and (chunks % checkpoint_every == 0 or done == num_steps):
                 pieces = [_concatenate(pieces, axis)]
                 checkpoints.save(done, state, pieces[0])
             if on_chunk is not None:
-                on_chunk(done)
+                on_chunk(done, state)
     return state, _concatenate(pieces, axis)
+
+
+def _check_sweep(key, params, batched):
+    if not batched:
+        raise ValueError("run_chunked: sweep=True needs a batch of keys, one per run")
+    runs = int(np.shape(key)[0])
+    leading = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in jax.tree_util.tree_leaves(params)}
+    if leading != {runs}:
+        raise ValueError(f"run_chunked: sweep=True needs every leaf of params with a leading axis of {runs} (the "
+                         f"keys'), got leading sizes {sorted(leading, key=str)}")
 
 
 def _concatenate(pieces, axis):
@@ -249,31 +273,37 @@ def _is_key_batch(key) -> bool:
 
 
 class Trainer(NamedTuple):
-    """A long run in the protocol: ``init(key) -> carry``, ``step(carry) -> (carry, metrics)`` for one unit
-    (one PPO update, one TD3/DQN iteration), ``num_steps`` units, and ``finish(carry, metrics) -> output`` (the
-    algorithm's ``TrainOutput``). ``run(key)`` is the whole run as one jittable, vmappable function. ``config``
-    (the algorithm's config) is recorded with checkpoints, so a checkpoint of another config is not resumed."""
+    """A long run in the protocol: ``init(key, params) -> carry``, ``step(carry, params) -> (carry, metrics)`` for
+    one unit (one PPO update, one TD3/DQN iteration, one FL evaluation block), ``num_steps`` units, and
+    ``finish(carry, metrics) -> output`` (the algorithm's ``TrainOutput``). ``params`` is the default traced
+    pytree of what a sweep may vary (environment parameters, ``FLParams``, ``RunSettings``). ``run(key, params)``
+    is the whole run as one jittable, vmappable function. ``config`` (the algorithm's config) is recorded with
+    checkpoints, so a checkpoint of another config is not resumed."""
 
     init: Callable
     step: Callable
     num_steps: int
     finish: Callable
+    params: Any = None
     unit: str = "update"
     unit_scale: int = 1
     config: Any = None
 
-    def run(self, key):
-        """The whole run: ``finish(*scan_steps(step, init(key), num_steps))``."""
-        return self.finish(*scan_steps(self.step, self.init(key), self.num_steps))
-
-    def run_with_progress(self, key, chunk: Optional[int] = None, desc: str = "train", **runner_options):
-        """``run`` for one key or a batch of keys (vmapped), in jitted chunks with a tqdm bar (``run_chunked``;
-        ``runner_options`` such as ``checkpoint_dir`` and the run's ``config``, recorded with its checkpoints,
-        go to it; ``config`` defaults to the trainer's)."""
-        runner_options.setdefault("config", self.config)
-        carry, metrics = run_chunked(self.init, self.step, self.num_steps, key, chunk=chunk, desc=desc,
-                                     unit=self.unit, unit_scale=self.unit_scale, **runner_options)
+    def run(self, key, params=None):
+        """The whole run: ``finish(*scan_steps(step(., params), init(key, params), num_steps))`` (``params``
+        default ``self.params``)."""
+        params = self.params if params is None else params
+        carry, metrics = scan_steps(lambda c: self.step(c, params), self.init(key, params), self.num_steps)
         return self.finish(carry, metrics)
+
+    def run_with_progress(self, key, params=None, *, sweep: bool = False, chunk: Optional[int] = None,
+                          desc: str = "train", **runner_options):
+        """``run`` for one key or a batch of keys (vmapped; with ``sweep`` each key with its own ``params``), in
+        jitted chunks with a tqdm bar (``run_chunked``, which ``runner_options`` such as ``checkpoint_dir`` and
+        ``on_chunk`` go to); ``finish`` is applied per run."""
+        carry, metrics = run_chunked(self, key, params, sweep=sweep, chunk=chunk, desc=desc, **runner_options)
+        finish = jax.vmap(self.finish) if _is_key_batch(key) else self.finish
+        return finish(carry, metrics)
 
 
 def export_params(path: str, params: Any) -> None:

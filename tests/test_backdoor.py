@@ -507,7 +507,7 @@ def test_comparison_runs_every_attack_and_seed_in_one_vmapped_program(cartpole_q
     trainer = backdoor.make_comparison(cfg, env, params, config, backdoor.FEATURE_ON, q=cartpole_q)
     keys = jnp.tile(jax.random.split(jax.random.key(0), 2), 4)
     runs = backdoor.run_settings(backdoor.ATTACKS, [(a, 0.05, 5.0, 0.5) for a in backdoor.ATTACKS for _ in range(2)])
-    out = backdoor.run_comparison(trainer, keys, runs, progress=False)
+    out = trainer.run_with_progress(keys, runs, sweep=True, progress=False)
     poisoned = np.asarray(out.metrics["poisoned"])
     assert poisoned.shape == (8, 4) and np.all(np.isfinite(np.asarray(out.metrics["loss"])))
     assert np.all(poisoned[:2] == 0)  # none
@@ -529,7 +529,7 @@ def test_comparison_in_chunks_equals_the_single_attack_run():
     trainer = backdoor.make_comparison(cfg, env, params, config, backdoor.FEATURE_ON, attacks=attacks)
     keys = jax.random.split(jax.random.key(0), 2)
     runs = backdoor.run_settings(attacks, [("sleepernets", 0.05, 5.0, 0.5), ("none", 0.05, 5.0, 0.5)])
-    out = backdoor.run_comparison(trainer, keys, runs, chunk=3, progress=False)
+    out = trainer.run_with_progress(keys, runs, sweep=True, chunk=3, progress=False)
     poisoned, asr = np.asarray(out.metrics["poisoned"]), np.asarray(out.metrics["train_asr"])
     assert poisoned[0].sum() > 0 and poisoned[1].sum() == 0
     single = jax.jit(backdoor.make_train(cfg, env, params, "sleepernets", config, backdoor.FEATURE_ON))(keys[0])

@@ -1,5 +1,6 @@
-"""``run_chunked``'s checkpoints: a resume checks what it resumes (key, config, num_steps), a damaged step falls back
-to the intact one before it, and a run killed at any moment resumes to the uninterrupted result."""
+"""``run_chunked``, the one driver of long runs: its checkpoints (a resume checks what it resumes: key, config,
+num_steps; a damaged step falls back to the intact one before it; a run killed at any moment resumes to the
+uninterrupted result), ``on_chunk(done, state)``, and sweeps (each key with its own ``params``)."""
 
 import dataclasses
 import os
@@ -9,34 +10,40 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from fedjax_attacks import data, fl, models
-from fedjax_attacks.runner import run_chunked
+from fedjax_attacks.runner import Trainer, run_chunked
 
 TOY = """
 import jax
+from fedjax_attacks.runner import Trainer
 
 
 def make_toy(size):
-    \"\"\"A toy run in the protocol: a PRNG key and ``size`` floats that every step moves.\"\"\"
-    def init(key):
+    \"\"\"A toy run in the protocol (no params): a PRNG key and ``size`` floats that every step moves.\"\"\"
+    def init(key, params):
         return {"key": key, "x": jax.random.normal(key, (size,))}
 
-    def step(state):
+    def step(state, params):
         key, sub = jax.random.split(state["key"])
         x = 0.9 * state["x"] + jax.random.normal(sub, state["x"].shape)
         return {"key": key, "x": x}, {"mean": x.mean()}
 
     return init, step
+
+
+def toy_trainer(toy, num_steps):
+    return Trainer(*toy, num_steps, lambda state, metrics: (state, metrics))
 """
 exec(TOY)  # make_toy, as the subprocess below runs it
 init, step = make_toy(1000)
 
 
 def run(num_steps, seed=0, toy=(init, step), **options):
-    return run_chunked(*toy, num_steps, jax.random.PRNGKey(seed), progress=False, **options)
+    return run_chunked(toy_trainer(toy, num_steps), jax.random.PRNGKey(seed), progress=False, **options)
 
 
 def _assert_bit_identical(a, b):
@@ -68,7 +75,7 @@ class _Killed(Exception):
     pass
 
 
-def _kill(done):
+def _kill(done, state):
     raise _Killed
 
 
@@ -145,19 +152,19 @@ def test_a_checkpoint_dir_that_is_a_file_is_refused_before_any_work(tmp_path, wh
     (tmp_path / "ckpt").write_text("not a directory")
     path = str(tmp_path / "ckpt") if where == "file" else str(tmp_path / "ckpt" / "run")
 
-    def no_init(key):
+    def no_init(key, params):
         raise AssertionError("init ran before checkpoint_dir was checked")
 
     with pytest.raises(ValueError, match=f"checkpoint_dir {path!r}"):
-        run_chunked(no_init, step, 4, jax.random.PRNGKey(0), progress=False, checkpoint_dir=path)
+        run_chunked(toy_trainer((no_init, step), 4), jax.random.PRNGKey(0), progress=False, checkpoint_dir=path)
 
 
 CHECKPOINT_FOREVER = TOY + """
 import sys
 from fedjax_attacks.runner import run_chunked
 
-run_chunked(*make_toy(100_000), 12, jax.random.PRNGKey(0), chunk=1, progress=False, checkpoint_dir=sys.argv[1],
-            on_chunk=lambda done: print(done, flush=True))
+run_chunked(toy_trainer(make_toy(100_000), 12), jax.random.PRNGKey(0), chunk=1, progress=False,
+            checkpoint_dir=sys.argv[1], on_chunk=lambda done, state: print(done, flush=True))
 """
 
 
@@ -177,3 +184,42 @@ def test_a_run_killed_mid_checkpoint_resumes_to_the_uninterrupted_result(tmp_pat
         proc.wait()
     toy = make_toy(100_000)
     _assert_bit_identical(run(12, toy=toy, chunk=1, checkpoint_dir=str(tmp_path)), run(12, toy=toy, chunk=1))
+
+
+def test_on_chunk_sees_the_state_each_chunk_reached():
+    """``on_chunk(done, state)``: the state after ``done`` steps (its ``x`` mean is that step's metric)."""
+    seen = []
+    _, metrics = run(5, chunk=2, on_chunk=lambda done, state: seen.append((done, float(state["x"].mean()))))
+    assert [done for done, _ in seen] == [2, 4, 5]
+    np.testing.assert_allclose([m for _, m in seen], np.asarray(metrics["mean"])[[1, 3, 4]], rtol=1e-6)
+
+
+def _decay_trainer(num_steps):
+    """A run whose params (a decay rate) change every step: ``x <- params x + noise``."""
+    def init(key, params):
+        return {"key": key, "x": jnp.ones(3)}
+
+    def step(state, params):
+        key, sub = jax.random.split(state["key"])
+        x = params * state["x"] + 0.1 * jax.random.normal(sub, (3,))
+        return {"key": key, "x": x}, {"mean": x.mean()}
+
+    return Trainer(init, step, num_steps, lambda state, metrics: (state["x"], metrics), params=jnp.float32(0.9))
+
+
+def test_a_sweep_runs_each_key_with_its_own_params_and_defaults_to_trainer_params():
+    trainer = _decay_trainer(5)
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    rates = jnp.array([0.0, 0.5, 2.0], jnp.float32)
+    x, metrics = trainer.run_with_progress(keys, rates, sweep=True, chunk=2, progress=False)
+    for i in range(3):
+        xi, mi = jax.jit(trainer.run)(keys[i], rates[i])
+        np.testing.assert_allclose(x[i], xi, rtol=1e-6)
+        np.testing.assert_allclose(metrics["mean"][i], mi["mean"], rtol=1e-6)
+    assert not np.allclose(x[0], x[2])
+    shared, _ = trainer.run_with_progress(keys, chunk=2, progress=False)  # trainer.params = 0.9 for every key
+    np.testing.assert_allclose(shared[1], jax.jit(trainer.run)(keys[1], jnp.float32(0.9))[0], rtol=1e-6)
+    with pytest.raises(ValueError, match="leading axis of 3"):
+        run_chunked(trainer, keys, rates[:2], sweep=True, progress=False)
+    with pytest.raises(ValueError, match="batch of keys"):
+        run_chunked(trainer, keys[0], rates, sweep=True, progress=False)

@@ -180,7 +180,7 @@ def test_leaderboard_toy_takes_the_worst_attack_per_defense(tmp_path):
     rc = main(["leaderboard", "datasets=[digits]", "seeds=2", f"out={out}", "frl.enabled=false",
                *[f"fl.{k}={v}" for k, v in TOY_FL.items()],
                "attacks={none: {name: none}, flip: {name: sign_flip}, noise: {name: gaussian, hparams: {sigma: 50}}}",
-               "defenses={mean: {name: mean}, median: {name: median}}"])
+               "defenses={mean: {name: mean}, median: {name: median}}", "rl_attack.enabled=false"])
     assert rc == 0
     board = json.loads((out / "leaderboard.json").read_text())
     digits = board["fl"]["results"]["digits"]
@@ -215,6 +215,12 @@ def test_leaderboard_with_the_rl_attack_adds_its_row_and_skips_what_it_cannot_mi
     assert digits["worst_attack"]["cc"] == "flip"  # no RL entry for the rule it cannot mirror
     text = (out / "leaderboard.md").read_text()
     assert "RL attack on digits" in text and "cc not mirrorable" in text
+
+
+def test_leaderboard_refuses_rl_attack_datasets_it_does_not_run(tmp_path):
+    with pytest.raises(ValueError, match=r"rl_attack\.datasets.*mnist5k.*not in 'datasets'"):
+        run(None, ["datasets=[digits]", f"out={tmp_path / 'board'}", "frl.enabled=false",
+                   "rl_attack.datasets=[digits,mnist5k]"], experiment="leaderboard")
 
 
 def test_leaderboard_command_refuses_another_experiment(tmp_path):
@@ -259,7 +265,8 @@ def test_frl_leaderboard_toy(tmp_path):
     run(None, ["datasets=[digits]", f"out={out}", *[f"fl.{k}={v}" for k, v in TOY_FL.items()],
                "attacks={none: {name: none}, flip: {name: sign_flip}}", "defenses={mean: {name: mean}}",
                "frl.aggregators=[median]", "frl.behaviours=[large_noise,avg_zero]", "frl.max_trajectories=24",
-               "frl.horizon=20", "frl.large_batch=8", "frl.agents=4"], experiment="leaderboard")
+               "frl.horizon=20", "frl.large_batch=8", "frl.agents=4", "rl_attack.enabled=false"],
+        experiment="leaderboard")
     board = json.loads((out / "leaderboard.json").read_text())
     for algorithm in ("dec", "byz"):
         rows = board["frl"]["results"][algorithm]

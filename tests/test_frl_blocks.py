@@ -93,8 +93,7 @@ def test_one_variant_steps_by_blocks_like_by_coins():
     alg = frl.make_decbyzpg(BASE)
     coins = np.array([True, False, False, True])
     blocks = frl.block_schedule(coins, BASE)
-    state, history = run_chunked(lambda k: alg.init(k, blocks), alg.step, len(blocks.large),
-                                 jax.random.PRNGKey(3), chunk=3, progress=False)
+    state, history = run_chunked(alg.trainer(blocks), jax.random.PRNGKey(3), chunk=3, progress=False)
     expected, expected_history = jax.jit(alg.run)(jax.random.PRNGKey(3), coins)
     np.testing.assert_allclose(np.asarray(state.theta), np.asarray(expected.theta), rtol=1e-5, atol=1e-6)
     assert int(np.sum(history["completed"])) == 4 and int(np.sum(history["trajectories"])) == 5 + 2 + 2 + 5

@@ -281,7 +281,7 @@ def test_chunked_dqn_and_decbyzpg_runs_equal_whole_runs():
 def run_chunked_frl(alg, key, switches):
     from fedjax_attacks.runner import run_chunked
 
-    return run_chunked(lambda k: alg.init(k, switches), alg.step, len(switches), key, chunk=2, progress=False)
+    return run_chunked(alg.trainer(switches), key, chunk=2, progress=False)
 
 # ----------------------------------------------------------------------------------------------------
 # Written for mutants of the shared interfaces (aggregators/_common.py, base.py, registry.py; attacks/base.py, switch.py)

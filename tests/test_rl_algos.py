@@ -103,7 +103,7 @@ def test_dqn_grad_hook_transforms_every_update_and_leaves_the_plain_run_alone():
     plain = jax.jit(dqn.make_train(cfg, env, params))(key)
     frozen = jax.jit(dqn.make_train(cfg, env, params, grad_hook=zero))(key)
     same = jax.jit(dqn.make_train(cfg, env, params, grad_hook=lambda k, g: g))(key)
-    start = dqn.make_trainer(cfg, env, params).init(key)[0].params
+    start = dqn.make_trainer(cfg, env, params).init(key, params)[0].params
     assert calls  # traced once inside the update
     for a, b in zip(jax.tree.leaves(frozen.q_state.params), jax.tree.leaves(start)):
         np.testing.assert_array_equal(a, b)
@@ -222,4 +222,4 @@ def test_td3_steps_take_the_environment_parameters_at_every_call():
     b, _ = step(carry, heavy)  # same program, other parameters: another transition
     assert not np.allclose(np.asarray(a[3]), np.asarray(b[3]))
     trainer = td3.make_trainer(cfg, env, params)
-    np.testing.assert_array_equal(np.asarray(trainer.step(carry)[0][3]), np.asarray(a[3]))
+    np.testing.assert_array_equal(np.asarray(trainer.step(carry, trainer.params)[0][3]), np.asarray(a[3]))

@@ -283,11 +283,11 @@ def test_attackers_share_a_small_dataset_drawn_from_their_own_shards_only():
 
 
 def test_modes_outside_the_run_are_refused(toy_attack):
-    """``lax.switch`` clamps: mode -1 would run mode 0 ("none", while ``modes[-1]`` labels it "rl") and mode 3 the
-    RL attack without its phases. Concrete modes outside ``[0, 3)`` or not integers are refused by ``schedule``,
-    ``block``, ``run`` and ``run_with_progress`` before anything is traced."""
+    """``lax.switch`` clamps: mode -1 would run mode 0 ("none", while ``attack_labels[-1]`` labels it "rl") and
+    mode 3 the RL attack without its phases. Concrete modes outside ``[0, 3)`` or not integers are refused by
+    ``schedule``, ``block``, ``run`` and ``run_with_progress`` before anything is traced."""
     rl = toy_attack
-    assert rl.modes == ("none", "ipm", "rl")
+    assert rl.attack_labels == ("none", "ipm", "rl")
     key = jax.random.PRNGKey(0)
     for mode in (-1, 3, True, 1.0, np.int32(-1), jnp.int32(3)):
         with pytest.raises(ValueError, match="mode"):
@@ -298,19 +298,19 @@ def test_modes_outside_the_run_are_refused(toy_attack):
             rl.run(key, mode)
         with pytest.raises(ValueError, match="mode"):
             ra.run_with_progress(rl, key[None], mode=mode, progress=False)
-    assert rl.schedule(0, np.int64(2)) == rl.schedule(0, rl.rl_mode)
+    assert rl.schedule(0, np.int64(2)) == rl.schedule(0, rl.rl_index)
     _, row = jax.eval_shape(rl.block, jax.eval_shape(rl.init, key), jnp.int32(1))  # traced: unchecked
     assert row.test_accuracy.shape == ()
 
 
-def test_variants_share_the_kit_and_rl0_learns_only_after_tau_e(toy_attack):
+def test_variants_share_the_attack_phases_and_rl0_learns_only_after_tau_e(toy_attack):
     rl0 = ra.make_rl_attack(FL, dataclasses.replace(TOY, distribution="unlabeled"), DIGITS, MODEL)
-    assert rl0.kit is toy_attack.kit
-    plans = [rl0.schedule(b, rl0.rl_mode) for b in range(rl0.num_blocks)]
+    assert rl0.phases is toy_attack.phases
+    plans = [rl0.schedule(b, rl0.rl_index) for b in range(rl0.num_blocks)]
     assert [p["policy"] for p in plans] == [False, False, True, False]
     assert [p["distribution"] for p in plans] == [False, False, True, False]
     own = ra.make_rl_attack(FL, dataclasses.replace(TOY, distribution="own"), DIGITS, MODEL)
-    assert not any(own.schedule(b, own.rl_mode)["distribution"] for b in range(own.num_blocks))
+    assert not any(own.schedule(b, own.rl_index)["distribution"] for b in range(own.num_blocks))
 
 
 def test_ppo_learner_steps_on_the_simulator():

@@ -97,7 +97,7 @@ class _Killed(Exception):
 
 
 def _kill_after(chunks):
-    def on_chunk(done):
+    def on_chunk(done, state):
         on_chunk.count += 1
         if on_chunk.count == chunks:
             raise _Killed
@@ -139,7 +139,7 @@ def test_checkpoint_and_resume_are_bit_identical_for_ppo_and_decbyzpg(tmp_path):
     config = frl.DecByzPGConfig(num_agents=3, aggregator="mean", agreement="none", large_batch=4, small_batch=2,
                                 horizon=20, hidden=(8,))
     alg, switches = frl.make_decbyzpg(config), np.array([True, False, True, False, False])
-    args = (lambda k: alg.init(k, switches), alg.step, len(switches), keys[1])
+    args = (alg.trainer(switches), keys[1])
     whole = run_chunked(*args, chunk=2, progress=False)
     with pytest.raises(_Killed):
         run_chunked(*args, chunk=2, progress=False, checkpoint_dir=str(tmp_path / "frl"), on_chunk=_kill_after(2))

@@ -15,7 +15,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from fedjax_attacks import runner
 from fedjax_attacks.backdoor import base, inner_loop, metrics, sleepernets, triggers
@@ -116,14 +115,16 @@ def _concrete(value):
 
 def make_comparison(ppo_config: ppo.PPOConfig, env, env_params, config: base.BackdoorConfig, trigger: Callable,
                     network: nn.Module | None = None, q: inner_loop.QFunction | None = None,
-                    attacks: Sequence[str] = ATTACKS) -> Callable[[RunSettings], runner.Trainer]:
-    """``trainer(run: RunSettings) -> Trainer``: PPO under ``attacks[run.which]`` with ``run``'s budget ``beta``,
-    reward ``c`` and ``alpha``, all possibly traced (the target, trigger and ``asr_stop`` come from ``config``).
+                    attacks: Sequence[str] = ATTACKS) -> runner.Trainer:
+    """PPO under ``attacks[run.which]`` as one ``Trainer`` whose ``params`` are a ``RunSettings`` ``run``: its
+    budget ``beta``, reward ``c`` and ``alpha``, all traced (the target, trigger and ``asr_stop`` come from
+    ``config``; the default ``params`` is ``attacks[0]`` at ``config``'s values).
 
     Every hook of ``attacks`` is in the program; all but the chosen one get a budget of 0 and poison nothing, so
-    ``run_comparison`` trains all attacks, budgets, rewards and seeds under one ``jax.vmap`` after one
-    compilation (each run pays for every hook's computation: SleeperNets' forward pass on the triggered rollout,
-    BadRL-M's Q-network at every step). Metrics as in ``make_trainer`` (``train_asr`` always).
+    ``trainer.run_with_progress(keys, run_settings(...), sweep=True)`` trains all attacks, budgets, rewards and
+    seeds under one ``jax.vmap`` after one compilation (each run pays for every hook's computation: SleeperNets'
+    forward pass on the triggered rollout, BadRL-M's Q-network at every step). Metrics as in ``make_trainer``
+    (``train_asr`` always).
 
     Raises:
       ValueError: as ``make_trainer``, for each name in ``attacks``.
@@ -131,7 +132,7 @@ def make_comparison(ppo_config: ppo.PPOConfig, env, env_params, config: base.Bac
     attacks = tuple(attacks)
     spec = _validate(ppo_config, env, env_params, attacks, config, trigger, q)
 
-    def trainer(run: RunSettings) -> runner.Trainer:
+    def build(run: RunSettings) -> runner.Trainer:
         def only(name):
             chosen = jnp.asarray(run.which) == attacks.index(name)
             return dataclasses.replace(config, budget=jnp.where(chosen, run.budget, 0.0), reward=run.reward,
@@ -146,40 +147,11 @@ def make_comparison(ppo_config: ppo.PPOConfig, env, env_params, config: base.Bac
             hooks.append(inner_loop.badrl(only("badrl"), trigger, spec, ppo_config, q))
         return _trainer(ppo_config, env, env_params, poison, hooks, network)
 
-    return trainer
-
-
-def run_comparison(trainer: Callable[[RunSettings], runner.Trainer], keys: chex.PRNGKey, runs: RunSettings,
-                   chunk: int | None = None, progress: bool = True, desc: str = "runs") -> ppo.TrainOutput:
-    """Runs ``trainer(runs[i]).run(keys[i])`` for every run ``i`` under one ``jax.vmap``, in jitted chunks of
-    ``chunk`` updates (default: about 20 chunks) with a tqdm bar over environment steps.
-
-    Returns the batched ``ppo.TrainOutput`` (leading axis: runs), equal to ``jax.vmap`` of ``run``.
-    """
-    runs = RunSettings(*(jnp.asarray(x) for x in runs))
-    num_runs = runs.which.shape[0]
-    example = trainer(jax.tree.map(lambda x: x[0], runs))
-    num_steps = example.num_steps
-    chunk = min(chunk or max(1, num_steps // 20), num_steps)
-    init = jax.jit(jax.vmap(lambda k, r: trainer(r).init(k)))
-    chunk_fns = {}
-
-    def run_chunk(length):
-        if length not in chunk_fns:
-            chunk_fns[length] = jax.jit(jax.vmap(lambda c, r: runner.scan_steps(trainer(r).step, c, length)))
-        return chunk_fns[length]
-
-    carry, pieces, done = init(keys, runs), [], 0
-    with tqdm(total=num_steps * example.unit_scale * num_runs, desc=desc, unit=example.unit, unit_scale=True,
-              disable=not progress) as bar:
-        while done < num_steps:
-            length = min(chunk, num_steps - done)
-            carry, logged = jax.block_until_ready(run_chunk(length)(carry, runs))
-            pieces.append(logged)
-            done += length
-            bar.update(length * example.unit_scale * num_runs)
-    logged = jax.tree.map(lambda *parts: jnp.concatenate(parts, axis=1), *pieces)
-    return jax.jit(jax.vmap(lambda c, m, r: trainer(r).finish(c, m)))(carry, logged, runs)
+    default = run_settings(attacks[:1], [(attacks[0], config.budget, config.reward, config.alpha)])
+    default = jax.tree.map(lambda x: x[0], default)
+    example = build(default)
+    return example._replace(init=lambda key, run: build(run).init(key, env_params),
+                            step=lambda carry, run: build(run).step(carry, env_params), params=default)
 
 
 def _trainer(ppo_config, env, env_params, poison, hooks, network) -> runner.Trainer:

@@ -75,7 +75,7 @@ def run_fl(config: DictConfig, folder, logger, where: str) -> Dict[str, Any]:
     params, history = fl.run_with_progress(
         sim, keys, config.chunk_blocks, desc=f"FL {attack[0]} vs {defense[0]}",
         checkpoint_dir=folder.checkpoints, checkpoint_every=config.checkpoint_every,
-        on_chunk=lambda blocks: logger.log({"rounds_done": blocks * flc.eval_every}, blocks * flc.eval_every))
+        on_chunk=lambda blocks, state: logger.log({"rounds_done": blocks * flc.eval_every}, blocks * flc.eval_every))
     wall = time.perf_counter() - start
     fl.export_params(f"{folder.path}/final_params.npz", params)
     folder.save_metrics(history, config=dataclasses.asdict(flc))

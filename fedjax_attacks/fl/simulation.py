@@ -18,7 +18,7 @@ from fedjax_attacks.attacks.base import AttackInput
 from fedjax_attacks.data import Dataset, Partition, partition
 from fedjax_attacks.fl.config import FLConfig
 from fedjax_attacks.models import FlatModel, accuracy, cross_entropy
-from fedjax_attacks.runner import run_chunked, scan_steps
+from fedjax_attacks.runner import Trainer
 from fedjax_attacks.validation import check_index
 
 
@@ -144,10 +144,17 @@ class Simulation:
         """One evaluation block: ``eval_every`` rounds, then the test metrics -> ``(state, History row)``."""
         return self.block(state, self.default_params() if params is None else params)
 
+    def trainer(self) -> Trainer:
+        """The run in the library's protocol: ``init(key, params)`` (``init(key)``; the params are the blocks'),
+        ``step(state, params)``, ``num_blocks`` steps, ``finish -> (final_params, History)``, default ``params``
+        ``default_params()``; ``run_chunked`` drives it in chunks (progress, checkpoints)."""
+        return Trainer(lambda key, params: self.init(key), self.step, self.num_blocks,
+                       lambda state, history: (state.params, history), params=self.default_params(), unit="round",
+                       unit_scale=self.config.eval_every, config=self.config)
+
     def run(self, key: jax.Array, params: Optional[FLParams] = None):
         """The whole experiment: ``(final_params, History)``; jit it, vmap it over keys (and params)."""
-        state, history = scan_steps(lambda s: self.step(s, params), self.init(key), self.num_blocks)
-        return state.params, history
+        return self.trainer().run(key, params)
 
 
 def make_simulation(config: FLConfig, dataset: Dataset, model: FlatModel,
@@ -370,10 +377,8 @@ def run_with_progress(sim: Simulation, keys: jax.Array, chunk_blocks: Optional[i
     refused). Returns ``(final_params f32[S, d], History with leading axis S)``, identical to
     ``jax.vmap(sim.run)(keys)``.
     """
-    state, history = run_chunked(sim.init, lambda s: sim.step(s, params), sim.num_blocks, keys, chunk=chunk_blocks,
-                                 desc=desc, unit="round", unit_scale=sim.config.eval_every,
-                                 config={"FLConfig": sim.config, "FLParams": params}, **runner_options)
-    return state.params, history
+    return sim.trainer().run_with_progress(keys, params, chunk=chunk_blocks, desc=desc,
+                                           config={"FLConfig": sim.config, "FLParams": params}, **runner_options)
 
 
 def _with_dataset_classes(config: FLConfig, num_classes: int) -> FLConfig:

@@ -12,6 +12,7 @@ from fedjax_attacks import aggregators, attacks, sharding
 from fedjax_attacks.frl.config import Blocks, ByzPGConfig, blocks_per_large_batch, check_blocks, check_switches
 from fedjax_attacks.rl import env as rl_env
 from fedjax_attacks.rl import policy_gradient as pg
+from fedjax_attacks.runner import Trainer
 
 
 @struct.dataclass
@@ -73,6 +74,14 @@ class Algorithm(NamedTuple):
     policy: Any
     block_inputs: Callable = None
     absorb: Callable = None
+
+    def trainer(self, switches) -> Trainer:
+        """This run in the library's protocol (``runner.run_chunked``): ``params`` are ``switches`` (coins or
+        ``Blocks``; with a leading seed axis for ``sweep=True``), one step per entry of their last axis,
+        ``finish -> (state, history)``."""
+        num_steps = int(jnp.shape(jax.tree_util.tree_leaves(switches)[0])[-1])
+        return Trainer(self.init, lambda state, _: self.step(state), num_steps,
+                       lambda state, history: (state, history), params=switches, unit="step")
 
 
 def make_aggregator(config: ByzPGConfig) -> aggregators.Aggregator:

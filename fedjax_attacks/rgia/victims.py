@@ -103,10 +103,10 @@ def train_victims(keys: jax.Array, env: RGIAEnv, config, stages=(0.0, 1.0)) -> V
     bounds = stage_iterations(trainer.num_steps, stages)
 
     def run(key):
-        carry, done, snapshots, returns = trainer.init(key), 0, [], []
+        carry, done, snapshots, returns = trainer.init(key, trainer.params), 0, [], []
         for bound in bounds + (trainer.num_steps,):
             if bound > done:
-                carry, metrics = scan_steps(trainer.step, carry, bound - done)
+                carry, metrics = scan_steps(lambda c: trainer.step(c, trainer.params), carry, bound - done)
                 returns.append(metrics["episode_return"])
                 done = bound
             snapshots.append(_victim_params(victim, trainer.finish(carry, None)))

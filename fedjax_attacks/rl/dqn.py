@@ -109,7 +109,8 @@ def make_train(config: DQNConfig, env, env_params,
 
 
 def make_trainer(config: DQNConfig, env, env_params, grad_hook: GradHook | None = None) -> Trainer:
-    """Builds DQN in the run protocol: ``Trainer(init, step, num_steps, finish)``, one step = one iteration
+    """Builds DQN in the run protocol: ``Trainer(init, step, num_steps, finish, params=env_params)`` (``init(key,
+    env_params)``, ``step(carry, env_params)``), one step = one iteration
     (``num_envs`` env steps, an update every ``train_frequency`` env steps once learning has started).
 
     ``grad_hook(key, grads) -> grads``: a pure function applied to each update's TD-loss gradient (a pytree like
@@ -131,7 +132,7 @@ def make_trainer(config: DQNConfig, env, env_params, grad_hook: GradHook | None 
     # Updates and target syncs happen on the iterations where the env-step counter crosses a multiple.
     crosses = lambda step, every: (step + 1) * config.num_envs // every > step * config.num_envs // every
 
-    def iteration(carry):
+    def iteration(carry, env_params):
         q_state, target_params, buffer, env_state, obs, key, step = carry
         key, k_eps, k_rand, k_env, k_upd = jax.random.split(key, 5)
         greedy = jnp.argmax(q_net.apply(q_state.params, obs), axis=-1)
@@ -162,7 +163,7 @@ def make_trainer(config: DQNConfig, env, env_params, grad_hook: GradHook | None 
         carry = (q_state, target_params, buffer, env_state, next_obs, key, step + 1)
         return carry, {"episode_return": ep_return, "td_loss": loss}
 
-    def init(key: chex.PRNGKey):
+    def init(key: chex.PRNGKey, env_params):
         key, k_init, k_env = jax.random.split(key, 3)
         obs, env_state = venv.reset(k_env, env_params)
         params = q_net.init(k_init, obs)
@@ -174,7 +175,8 @@ def make_trainer(config: DQNConfig, env, env_params, grad_hook: GradHook | None 
         q_state, target_params, buffer = carry[:3]
         return TrainOutput(q_state=q_state, target_params=target_params, buffer=buffer, metrics=metrics)
 
-    return Trainer(init, iteration, config.num_iterations, finish, unit="env step", unit_scale=config.num_envs, config=config)
+    return Trainer(init, iteration, config.num_iterations, finish, params=env_params, unit="env step",
+                   unit_scale=config.num_envs, config=config)
 
 
 def make_policy(config: DQNConfig, env, env_params, params) -> Callable[[chex.PRNGKey, chex.Array], chex.Array]:

@@ -335,9 +335,10 @@ def make_steps(config: PPOConfig, env, spec_params=None, poison: Callable = no_p
 
 def make_trainer(config: PPOConfig, env, env_params, poison: Callable = no_poison,
                  rollout_hook: RolloutHook = IDENTITY_HOOK, network: nn.Module | None = None) -> Trainer:
-    """Builds PPO in the run protocol: ``Trainer(init, step, num_steps, finish)`` with one step = one update
-    (a rollout of ``num_steps`` x ``num_envs`` env steps, then the epochs); ``run(key) -> TrainOutput`` and
-    ``run_with_progress(keys)`` (tqdm bar over env steps); ``make_steps`` with ``env_params`` fixed.
+    """Builds PPO in the run protocol: ``Trainer(init, step, num_steps, finish, params=env_params)`` with one step
+    = one update (a rollout of ``num_steps`` x ``num_envs`` env steps, then the epochs); ``run(key) -> TrainOutput``
+    and ``run_with_progress(keys)`` (tqdm bar over env steps); ``init``/``step`` are ``make_steps``', so other
+    environment parameters run in the same program (``run(key, params)``, a sweep over them).
 
     Args:
       config: hyperparameters (static).
@@ -361,8 +362,8 @@ def make_trainer(config: PPOConfig, env, env_params, poison: Callable = no_poiso
         train_state, env_state, _, hook_state, _ = carry
         return TrainOutput(train_state=train_state, env_state=env_state, hook_state=hook_state, metrics=metrics)
 
-    return Trainer(lambda key: steps.init(key, env_params), lambda carry: steps.step(carry, env_params),
-                   config.num_updates, finish, unit="env step", unit_scale=config.batch_size, config=config)
+    return Trainer(steps.init, steps.step, config.num_updates, finish, params=env_params, unit="env step",
+                   unit_scale=config.batch_size, config=config)
 
 
 def make_policy(config: PPOConfig, env, env_params, params, obs_moments: wrappers.RunningMoments | None = None,

@@ -257,9 +257,9 @@ def make_steps(config: TD3Config, env, spec_params=None) -> TD3Steps:
 
 
 def make_trainer(config: TD3Config, env, env_params) -> Trainer:
-    """Builds TD3 in the run protocol: ``Trainer(init, step, num_steps, finish)``, one step = one iteration
-    (``num_envs`` env steps, then ``gradient_steps`` updates once learning has started); ``make_steps`` with
-    ``env_params`` fixed.
+    """Builds TD3 in the run protocol: ``Trainer(init, step, num_steps, finish, params=env_params)``, one step =
+    one iteration (``num_envs`` env steps, then ``gradient_steps`` updates once learning has started); ``init`` and
+    ``step`` are ``make_steps``' (environment parameters at every call).
 
     Raises:
       ValueError: on an invalid config or a discrete action space.
@@ -270,8 +270,8 @@ def make_trainer(config: TD3Config, env, env_params) -> Trainer:
         learner, buffer = carry[:2]
         return TrainOutput(learner=learner, buffer=buffer, metrics=metrics)
 
-    return Trainer(lambda key: steps.init(key, env_params), lambda carry: steps.step(carry, env_params),
-                   config.num_iterations, finish, unit="env step", unit_scale=config.num_envs, config=config)
+    return Trainer(steps.init, steps.step, config.num_iterations, finish, params=env_params, unit="env step",
+                   unit_scale=config.num_envs, config=config)
 
 
 def make_policy(config: TD3Config, env, env_params, actor_params) -> Callable[[chex.PRNGKey, chex.Array], chex.Array]:

@@ -17,15 +17,15 @@ from fedjax_attacks.rl_attack.actions import make_crafter
 from fedjax_attacks.rl_attack.config import ACTION_RANGES, ActionSpace, RLAttackConfig
 from fedjax_attacks.rl_attack.distribution import DISTRIBUTIONS, LearnedData, OwnData, Snapshots
 from fedjax_attacks.rl_attack.execution import (
+    AttackPhases,
     Attackers,
-    Distiller,
-    Kit,
+    DistributionLearner,
     RLAttack,
     RLState,
     RunReport,
     attacker_rows,
-    get_distiller,
-    get_kit,
+    make_attack_phases,
+    make_distribution_learner,
     make_rl_attack,
     run_with_progress,
 )
@@ -33,8 +33,9 @@ from fedjax_attacks.rl_attack.policy import STATE_DEPENDENCE_TOL, Learner, Polic
 from fedjax_attacks.rl_attack.simulator import FLSimulator, SimParams, SimState, last_layer_indices
 
 __all__ = [
-    "ACTION_RANGES", "STATE_DEPENDENCE_TOL", "ActionSpace", "Attackers", "DISTRIBUTIONS", "Distiller", "FLSimulator", "Kit", "Learner",
-    "LearnedData", "OwnData", "PolicyLearner", "RLAttack", "RLAttackConfig", "RLState", "RunReport", "SimParams",
-    "SimState", "Snapshots", "attacker_rows", "get_distiller", "get_kit", "last_layer_indices", "make_crafter", "make_learner",
+    "ACTION_RANGES", "STATE_DEPENDENCE_TOL", "ActionSpace", "AttackPhases", "Attackers", "DISTRIBUTIONS",
+    "DistributionLearner", "FLSimulator", "Learner", "LearnedData", "OwnData", "PolicyLearner", "RLAttack",
+    "RLAttackConfig", "RLState", "RunReport", "SimParams", "SimState", "Snapshots", "attacker_rows",
+    "last_layer_indices", "make_attack_phases", "make_crafter", "make_distribution_learner", "make_learner",
     "make_rl_attack", "run_with_progress", "state_dependent",
 ]

@@ -11,12 +11,13 @@
   simulated rounds per episode of the learner, whose episodes restart from the latest model the attackers received;
 * ``block`` (phase 3 from ``tau_E`` on): ``eval_every`` real rounds where the sampled attackers submit what
   ``attack(agent, data).craft`` (an ``attacks.Attack``) makes of the latest policy's action, then a test
-  evaluation (an ``fl.History`` row). ``block`` also runs the baselines (``modes``): every mode shares one
-  compiled program, the attack being a ``lax.switch`` on an unbatched index.
+  evaluation (an ``fl.History`` row). ``block`` also runs the baselines (``RLAttack.attack_labels``): every
+  mode shares one compiled program, the attack being a ``lax.switch`` on an unbatched index.
 
-The attackers' machinery that does not depend on the federation's data (``Kit``: simulator, learner, crafter,
-inverting gradients) is built once per static setting and shared, with its compiled programs, by every run of
-that setting: the learned distribution, the attackers' data, ``M`` and the variant are traced arguments.
+The attackers' machinery for the three phases that does not depend on the federation's data (``AttackPhases``:
+inverting gradients, simulator, learner, crafter) is built once per static setting and shared, with its compiled
+programs, by every run of that setting: the learned distribution, the attackers' data, ``M`` and the variant are
+traced arguments.
 
 ``rl.run(key, mode)`` is the whole schedule as one pure function (a ``lax.scan`` over evaluation blocks whose
 phase switches are ``lax.cond`` on the unbatched block index), so ``jax.vmap(rl.run)(keys)`` runs many seeds;
@@ -46,6 +47,7 @@ from fedjax_attacks.rl_attack.simulator import FLSimulator, SimParams, observati
 from fedjax_attacks.validation import check_index
 
 RL = "rl"
+_MODE_NAME = "mode (an index into RLAttack.attack_labels)"  # how errors name a bad mode
 
 
 @struct.dataclass
@@ -71,9 +73,10 @@ class RLState:
 
 
 @dataclasses.dataclass(frozen=True)
-class Kit:
-    """The attackers' machinery for one static setting (model, server rule, action space, ``K``, ``w``, ``B``,
-    ``eta``): the simulator ``env``, the ``learner``, ``craft`` and inverting gradients. Its functions take the
+class AttackPhases:
+    """The attackers' three phases for one static setting (model, server rule, action space, ``K``, ``w``, ``B``,
+    ``eta``): distribution learning (``distribution_learner``, inverting gradients and the denoiser), policy
+    learning (the simulator ``env`` and the ``learner``) and the attack (``craft``). Its functions take the
     data-dependent parts (``P~``, the attackers' data, ``M``, the variant) as traced arguments; ``compiled(name)``
     caches their jitted, seed-vmapped versions so every run of the setting reuses them."""
 
@@ -83,7 +86,7 @@ class Kit:
     env: FLSimulator
     learner: PolicyLearner
     craft: Callable
-    distiller: "Distiller"
+    distribution_learner: "DistributionLearner"
     programs: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     def sim_params(self, att: Attackers, num_malicious) -> SimParams:
@@ -104,8 +107,8 @@ class Kit:
         return att.replace(learner=self.learner.init(k_learner, self.sim_params(att, num_malicious)))
 
     def learn_distribution(self, att: Attackers, own: OwnData, kind) -> Attackers:
-        """Phase 1 (``Distiller.learn``) on the attackers' snapshots; ``P~`` of variant ``kind``."""
-        data, key = self.distiller.learn(att.snapshots, att.key, own, kind)
+        """Phase 1 (``DistributionLearner.learn``) on the attackers' snapshots; ``P~`` of variant ``kind``."""
+        data, key = self.distribution_learner.learn(att.snapshots, att.key, own, kind)
         return att.replace(data=data, key=key)
 
     def learn_policy(self, att: Attackers, num_malicious):
@@ -137,7 +140,7 @@ class Kit:
 
     def compiled(self, name: str) -> Callable:
         """``name`` (``init``, ``learn_policy``) jitted and vmapped over seeds (the attackers' state and key
-        batched, everything else shared), cached on the kit."""
+        batched, everything else shared), cached here."""
         if name not in self.programs:
             axes = {"init": (0, 0, None, None), "learn_policy": (0, None)}
             self.programs[name] = jax.jit(jax.vmap(getattr(self, name), in_axes=axes[name]))
@@ -145,7 +148,7 @@ class Kit:
 
 
 @dataclasses.dataclass(frozen=True)
-class Distiller:
+class DistributionLearner:
     """Phase 1's machinery for one model and inversion setting (shared by every server rule): inverting gradients
     (``reconstruct``) and the denoising autoencoder's training settings. ``learn`` is pure; ``compiled()`` its
     jitted, seed-vmapped version, cached."""
@@ -177,72 +180,73 @@ class Distiller:
         return self.programs["learn"]
 
 
-_KITS: dict = {}
-_DISTILLERS: dict = {}
+_ATTACK_PHASES: dict = {}
+_DISTRIBUTION_LEARNERS: dict = {}
 _called: dict = {}  # id of a compiled program -> it has run once (so later calls of it do not compile)
 
 
-def get_distiller(config: RLAttackConfig, model, data_range: tuple, lr: float) -> Distiller:
-    """The ``Distiller`` of this model and inversion setting, built on first use."""
+def make_distribution_learner(config: RLAttackConfig, model, data_range: tuple, lr: float) -> DistributionLearner:
+    """The ``DistributionLearner`` of this model and inversion setting, built on first use."""
     fields = ("images_per_round", "max_targets", "inversion_steps", "inversion_restarts", "inversion_lr",
               "tv_weight", "denoiser_steps", "denoiser_batch", "noise_std", "heldout_fraction", "heldout_size")
     key = (model.name, model.input_shape, model.num_classes, model.num_params, data_range, float(lr),
            tuple(getattr(config, f) for f in fields))
-    if key not in _DISTILLERS:
+    if key not in _DISTRIBUTION_LEARNERS:
         reconstruct = distribution.make_reconstructor(
             model, images_per_round=config.images_per_round, num_steps=config.inversion_steps,
             num_restarts=config.inversion_restarts, learning_rate=config.inversion_lr, tv_weight=config.tv_weight,
             data_range=data_range)
-        _DISTILLERS[key] = Distiller(config, reconstruct, float(lr))
-    return _DISTILLERS[key]
+        _DISTRIBUTION_LEARNERS[key] = DistributionLearner(config, reconstruct, float(lr))
+    return _DISTRIBUTION_LEARNERS[key]
 
 
 def _shared_config(config: RLAttackConfig) -> RLAttackConfig:
-    """``config`` without the fields a ``Kit`` does not depend on (the schedule, the variant, the attackers' data
-    and its padding)."""
+    """``config`` without the fields ``AttackPhases`` does not depend on (the schedule, the variant, the attackers'
+    data and its padding)."""
     return dataclasses.replace(config, tau_e=1, policy_until=0, chunk_rounds=1, distribution="learned",
                                own_capacity=None, attacker_data=None)
 
 
-def get_kit(fl_config: fl.FLConfig, config: RLAttackConfig, space: ActionSpace, model, aggregator,
-            data_range: tuple, root_size: int) -> Kit:
-    """The ``Kit`` of this static setting, built on first use (the schedule and variant fields of ``config`` do not
-    matter to it)."""
+def make_attack_phases(fl_config: fl.FLConfig, config: RLAttackConfig, space: ActionSpace, model, aggregator,
+                       data_range: tuple, root_size: int) -> AttackPhases:
+    """The ``AttackPhases`` of this static setting, built on first use (the schedule and variant fields of
+    ``config`` do not matter to them)."""
     shared = _shared_config(config)
     key = (model.name, model.input_shape, model.num_classes, model.num_params, fl_config.aggregator,
            tuple(sorted(dict(fl_config.aggregator_hparams).items())), space, fl_config.num_clients,
            fl_config.clients_per_round, fl_config.batch_size, float(fl_config.lr), root_size, data_range, shared)
-    if key not in _KITS:
+    if key not in _ATTACK_PHASES:
         attack_lr = config.attack_lr or fl_config.lr
         craft = make_crafter(model, space, lr=fl_config.lr, attack_lr=attack_lr, attack_batch=config.attack_batch,
                              num_trajectories=config.num_trajectories, root_guess_size=config.root_guess_size)
         env = FLSimulator(model, aggregator, space, craft, num_clients=fl_config.num_clients,
                           clients_per_round=fl_config.clients_per_round, batch_size=fl_config.batch_size,
                           lr=fl_config.lr, root_size=root_size)
-        distiller = get_distiller(config, model, data_range, fl_config.lr)
-        _KITS[key] = Kit(shared, model, space, env, make_learner(shared, env), craft, distiller)
-    return _KITS[key]
+        distribution_learner = make_distribution_learner(config, model, data_range, fl_config.lr)
+        _ATTACK_PHASES[key] = AttackPhases(shared, model, space, env, make_learner(shared, env), craft,
+                                           distribution_learner)
+    return _ATTACK_PHASES[key]
 
 
 @dataclasses.dataclass(frozen=True)
 class RLAttack:
-    """The model-based RL attack against one FL run, and the baselines it is compared with (``modes``).
+    """The model-based RL attack against one FL run, and the baselines it is compared with (``attack_labels``).
 
-    ``modes`` is ``("none", *baseline labels, "rl")``; ``block(state, mode)`` runs ``eval_every`` real rounds
-    under ``modes[mode]`` (baselines attack from round 0, the RL attack from ``tau_E``).
+    ``attack_labels`` is ``("none", *baseline labels, "rl")``; ``block(state, mode)`` runs ``eval_every`` real
+    rounds under ``attack_labels[mode]`` (baselines attack from round 0, the RL attack from ``tau_E``).
 
     A concrete ``mode`` (a Python or numpy integer, or a concrete 0-d integer array) outside
-    ``[0, len(modes))``, or not an integer, raises ``ValueError`` in ``schedule``, ``block``, ``run`` and
-    ``run_with_progress``. A traced mode (``block`` inside ``jit``, as in ``compiled("block")``) cannot be checked:
-    ``lax.switch`` clamps it into range.
+    ``[0, len(attack_labels))``, or not an integer, raises ``ValueError`` in ``schedule``, ``block``, ``run``
+    and ``run_with_progress``. A traced mode (``block`` inside ``jit``, as in ``compiled("block")``) cannot be
+    checked: ``lax.switch`` clamps it into range.
     """
 
     fl_config: fl.FLConfig
     config: RLAttackConfig
-    kit: Kit
+    phases: AttackPhases
     sim: fl.Simulation
     own: OwnData
-    modes: tuple
+    attack_labels: tuple
     block: Callable
     programs: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
@@ -254,14 +258,14 @@ class RLAttack:
         config.validate(self.fl_config)
         if (config.tau_e != self.config.tau_e or config.attacker_data != self.config.attacker_data
                 or _shared_config(config) != _shared_config(self.config)):
-            raise ValueError(f"RLAttack.variant: {sorted(changes)} change the real rounds or the attackers' kit; "
+            raise ValueError(f"RLAttack.variant: {sorted(changes)} change the real rounds or the shared AttackPhases; "
                              "build a new attack with make_rl_attack")
         return dataclasses.replace(self, config=config)
 
     @property
-    def rl_mode(self) -> int:
-        """The index of the RL attack in ``modes``."""
-        return len(self.modes) - 1
+    def rl_index(self) -> int:
+        """The index of the RL attack in ``attack_labels``."""
+        return len(self.attack_labels) - 1
 
     @property
     def num_blocks(self) -> int:
@@ -274,39 +278,39 @@ class RLAttack:
         return jnp.int32(DISTRIBUTIONS.index(self.config.distribution))
 
     def init(self, key) -> RLState:
-        """Round 0: the FL state (``sim.init``) and the attackers' (``Kit.init``)."""
+        """Round 0: the FL state (``sim.init``) and the attackers' (``AttackPhases.init``)."""
         k_fl, k_att = jax.random.split(key)
         fl_state = self.sim.init(k_fl)
-        return RLState(fl_state, self.kit.init(k_att, fl_state.params, self.own, self.fl_config.num_malicious))
+        return RLState(fl_state, self.phases.init(k_att, fl_state.params, self.own, self.fl_config.num_malicious))
 
     def learn_distribution(self, state: RLState) -> RLState:
-        """Phase 1 on the attackers' snapshots (``Kit.learn_distribution``)."""
-        return state.replace(attackers=self.kit.learn_distribution(state.attackers, self.own, self.kind))
+        """Phase 1 on the attackers' snapshots (``AttackPhases.learn_distribution``)."""
+        return state.replace(attackers=self.phases.learn_distribution(state.attackers, self.own, self.kind))
 
     def learn_policy(self, state: RLState):
-        """One chunk of phase 2 (``Kit.learn_policy``): ``(state, metrics)``."""
-        att, metrics = self.kit.learn_policy(state.attackers, self.fl_config.num_malicious)
+        """One chunk of phase 2 (``AttackPhases.learn_policy``): ``(state, metrics)``."""
+        att, metrics = self.phases.learn_policy(state.attackers, self.fl_config.num_malicious)
         return state.replace(attackers=att), metrics
 
     def schedule(self, block: int, mode: int) -> dict:
         """What runs before evaluation block ``block`` under ``mode`` (host bools): ``distribution`` (phase 1)
         and ``policy`` (a chunk of phase 2); only the RL mode has them."""
-        mode = check_index(mode, len(self.modes), "mode (an index into RLAttack.modes)", scalar=True)
+        mode = check_index(mode, len(self.attack_labels), _MODE_NAME, scalar=True)
         start, cfg = block * self.fl_config.eval_every, self.config
-        rl = mode == self.rl_mode
+        rl = mode == self.rl_index
         return {"distribution": rl and start == cfg.tau_e and cfg.distribution != "own",
                 "policy": rl and start % cfg.chunk_rounds == 0 and start < cfg.last_policy_round
                 and (cfg.distribution != "unlabeled" or start >= cfg.tau_e)}
 
     def run(self, key: jax.Array, mode: int | None = None):
-        """The whole run under ``modes[mode]`` (default: the RL attack): ``(final RLState, fl.History)``, one pure
-        function; jit it, vmap it over keys."""
-        mode = self.rl_mode if mode is None else check_index(mode, len(self.modes), "mode (an index into RLAttack.modes)", scalar=True)
+        """The whole run under ``attack_labels[mode]`` (default: the RL attack): ``(final RLState, fl.History)``,
+        one pure function; jit it, vmap it over keys."""
+        mode = self.rl_index if mode is None else check_index(mode, len(self.attack_labels), _MODE_NAME, scalar=True)
         cfg = self.config
 
         def body(state, block):
             start = block * self.fl_config.eval_every
-            if mode == self.rl_mode:
+            if mode == self.rl_index:
                 if cfg.distribution != "own":
                     state = jax.lax.cond(start == cfg.tau_e, self.learn_distribution, lambda s: s, state)
                 learn = (start % cfg.chunk_rounds == 0) & (start < cfg.last_policy_round)
@@ -360,10 +364,10 @@ def make_rl_attack(fl_config: fl.FLConfig, config: RLAttackConfig, dataset, mode
     own = distribution.pad_own(dataset.x_train[own_rows], dataset.y_train[own_rows], config.own_capacity)
     data_range = (float(dataset.x_train.min()), float(dataset.x_train.max()))
     root_size = min(fl_config.root_size, len(dataset.y_train))
-    kit = get_kit(fl_config, config, space, model, sim.aggregator, data_range, root_size)
-    modes = ("none", *(label for label, _, _ in baselines), RL)
-    block = _make_block(fl_config, config, sim, kit, built)
-    return RLAttack(fl_config, config, kit, sim, own, modes, block)
+    phases = make_attack_phases(fl_config, config, space, model, sim.aggregator, data_range, root_size)
+    attack_labels = ("none", *(label for label, _, _ in baselines), RL)
+    block = _make_block(fl_config, config, sim, phases, built)
+    return RLAttack(fl_config, config, phases, sim, own, attack_labels, block)
 
 
 def attacker_rows(partition, fl_config: fl.FLConfig, config: RLAttackConfig) -> np.ndarray:
@@ -377,17 +381,17 @@ def attacker_rows(partition, fl_config: fl.FLConfig, config: RLAttackConfig) -> 
     return np.sort(rng.choice(rows, config.attacker_data, replace=False))
 
 
-def _make_block(fl_config: fl.FLConfig, config: RLAttackConfig, sim: fl.Simulation, kit: Kit,
+def _make_block(fl_config: fl.FLConfig, config: RLAttackConfig, sim: fl.Simulation, phases: AttackPhases,
                 baselines: Sequence[attacks.Attack]) -> Callable:
-    """``block(state, mode) -> (state, fl.History row)``: ``eval_every`` real rounds under ``modes[mode]``."""
+    """``block(state, mode) -> (state, fl.History row)``: ``eval_every`` real rounds under ``attack_labels[mode]``."""
     fl_params = sim.default_params()
-    rl_mode = len(baselines) + 1
+    rl_index = len(baselines) + 1
     full = fl_config.knowledge == "full"
 
     def block(state: RLState, mode):
-        check_index(mode, rl_mode + 1, "mode (an index into RLAttack.modes)", scalar=True)
+        check_index(mode, rl_index + 1, _MODE_NAME, scalar=True)
         att = state.attackers
-        rl_attack = kit.attack(att.learner.deployed, att.data)
+        rl_attack = phases.attack(att.learner.deployed, att.data)
         crafts = [lambda key, inp: inp.updates, *(a.craft for a in baselines), rl_attack.craft]
 
         def real_round(carry, _):
@@ -402,7 +406,7 @@ def _make_block(fl_config: fl.FLConfig, config: RLAttackConfig, sim: fl.Simulati
                               aggregator_state=fl_state.aggregator_state, aggregator_key=rin.aggregator_key,
                               server_update=rin.server_update, aggregator=sim.aggregator, full_knowledge=full)
             crafted = jax.lax.switch(mode, crafts, rin.attack_key, inp)
-            active = (mode != rl_mode) | (fl_state.round >= config.tau_e)
+            active = (mode != rl_index) | (fl_state.round >= config.tau_e)
             submitted = jnp.where(rin.malicious_mask[:, None] & active, crafted, rin.updates)
             fl_state, metrics = sim.server_step(fl_state, submitted, fl_params)
             return (fl_state, att), (metrics["num_malicious"], metrics["skipped"])
@@ -410,7 +414,7 @@ def _make_block(fl_config: fl.FLConfig, config: RLAttackConfig, sim: fl.Simulati
         (fl_state, att), (counts, skipped) = jax.lax.scan(real_round, (state.fl, att), None,
                                                           length=fl_config.eval_every,
                                                           unroll=min(fl_config.unroll, fl_config.eval_every))
-        logits = kit.model.apply(fl_state.params, sim.data.x_test)
+        logits = phases.model.apply(fl_state.params, sim.data.x_test)
         record = fl.History(fl_state.round, accuracy(logits, sim.data.y_test),
                             cross_entropy(logits, sim.data.y_test), counts[-1], jnp.sum(skipped.astype(jnp.int32)))
         return RLState(fl_state, att), record
@@ -444,12 +448,12 @@ class RunReport:
 
 def run_with_progress(rl: RLAttack, keys: jax.Array, mode: int | None = None, desc: str | None = None,
                       progress: bool = True) -> RunReport:
-    """Runs ``rl``'s schedule under ``modes[mode]`` (default RL) for the seeds ``keys`` (vmapped) from Python,
-    one evaluation block at a time, with a tqdm bar; the same computation as ``jax.vmap(lambda k: rl.run(k,
-    mode))(keys)``. Times each phase separately: ``distribution`` (phase 1), ``policy`` (phase 2), ``fl_rounds``
-    (the real rounds, including the attackers' crafting)."""
-    mode = rl.rl_mode if mode is None else check_index(mode, len(rl.modes), "mode (an index into RLAttack.modes)", scalar=True)
-    kit = rl.kit
+    """Runs ``rl``'s schedule under ``attack_labels[mode]`` (default RL) for the seeds ``keys`` (vmapped) from
+    Python, one evaluation block at a time, with a tqdm bar; the same computation as
+    ``jax.vmap(lambda k: rl.run(k, mode))(keys)``. Times each phase separately: ``distribution`` (phase 1),
+    ``policy`` (phase 2), ``fl_rounds`` (the real rounds, including the attackers' crafting)."""
+    mode = rl.rl_index if mode is None else check_index(mode, len(rl.attack_labels), _MODE_NAME, scalar=True)
+    phases = rl.phases
     wall = {"init": 0.0, "distribution": 0.0, "policy": 0.0, "fl_rounds": 0.0, "compile_s": 0.0}
     calls = []
 
@@ -466,21 +470,23 @@ def run_with_progress(rl: RLAttack, keys: jax.Array, mode: int | None = None, de
 
     split = jax.vmap(jax.random.split)(keys)
     fl_state = timed("init", rl.compiled("fl_init"), split[:, 0])
-    att = timed("init", kit.compiled("init"), split[:, 1], fl_state.params, rl.own, rl.fl_config.num_malicious)
+    att = timed("init", phases.compiled("init"), split[:, 1], fl_state.params, rl.own, rl.fl_config.num_malicious)
     state = RLState(fl_state, att)
     history, metrics, simulated = [], [], 0
-    with tqdm(total=rl.fl_config.rounds, desc=desc or rl.modes[mode], unit="round", disable=not progress) as bar:
+    label = desc or rl.attack_labels[mode]
+    with tqdm(total=rl.fl_config.rounds, desc=label, unit="round", disable=not progress) as bar:
         for b in range(rl.num_blocks):
             plan = rl.schedule(b, mode)
             if plan["distribution"]:
                 att = state.attackers
-                data, key = timed("distribution", kit.distiller.compiled(), att.snapshots, att.key, rl.own, rl.kind)
+                learn = phases.distribution_learner.compiled()
+                data, key = timed("distribution", learn, att.snapshots, att.key, rl.own, rl.kind)
                 state = state.replace(attackers=att.replace(data=data, key=key))
             if plan["policy"]:
-                att, m = timed("policy", kit.compiled("learn_policy"), state.attackers, rl.fl_config.num_malicious)
+                att, m = timed("policy", phases.compiled("learn_policy"), state.attackers, rl.fl_config.num_malicious)
                 state = state.replace(attackers=att)
                 metrics.append(jax.tree.map(np.asarray, m))
-                simulated += kit.policy_steps * kit.learner.rounds_per_step * rl.config.num_envs
+                simulated += phases.policy_steps * phases.learner.rounds_per_step * rl.config.num_envs
             state, row = timed("fl_rounds", rl.compiled("block"), state, jnp.int32(mode))
             history.append(row)
             bar.update(rl.fl_config.eval_every)
